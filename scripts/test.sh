@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The one command that runs every test: provisions PostgreSQL and Redis, then runs
+# rustfmt, clippy and the whole test suite against them.
+#
+# Servers, in order of preference:
+#   1. the ones named by DATABASE_URL (postgres://…) and REDIS_URL;
+#   2. the ones answering on the standard local ports (5432, 6379);
+#   3. throwaway ones started here on free ports (installed with apt-get when
+#      missing), stopped and removed on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1m[test.sh]\033[0m %s\n' "$*" >&2; }
+cleanup_actions=()
+cleanup() {
+  local i
+  for ((i = ${#cleanup_actions[@]} - 1; i >= 0; i--)); do eval "${cleanup_actions[$i]}" || true; done
+}
+trap cleanup EXIT INT TERM
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()' 2>/dev/null ||
+    echo $((20000 + RANDOM % 20000))
+}
+
+apt_install() {
+  if [ "$(id -u)" -ne 0 ]; then
+    log "missing $*; install it (needs root) or set DATABASE_URL/REDIS_URL"
+    exit 1
+  fi
+  log "installing $* with apt-get"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+pg_bin_dir() {
+  local d
+  for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+    [ -x "$d/initdb" ] && { echo "$d"; return 0; }
+  done
+  command -v initdb >/dev/null 2>&1 && { dirname "$(command -v initdb)"; return 0; }
+  return 1
+}
+
+pg_answers() { # url
+  if command -v psql >/dev/null 2>&1; then
+    psql "$1" -Atqc 'select 1' >/dev/null 2>&1
+  else
+    (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null
+  fi
+}
+
+# ---- PostgreSQL -------------------------------------------------------------
+if [[ "${DATABASE_URL:-}" == postgres* ]]; then
+  export TEST_PG_ADMIN_URL="$DATABASE_URL"
+  log "PostgreSQL: DATABASE_URL"
+elif pg_answers "postgres://postgres@127.0.0.1:5432/postgres"; then
+  export TEST_PG_ADMIN_URL="postgres://postgres@127.0.0.1:5432/postgres"
+  log "PostgreSQL: local server on 5432"
+else
+  bindir=$(pg_bin_dir) || { apt_install postgresql; bindir=$(pg_bin_dir); }
+  port=$(free_port)
+  pgdir=$(mktemp -d /tmp/user-api-pg.XXXXXX)
+  run_as=()
+  if [ "$(id -u)" -eq 0 ]; then
+    # initdb refuses to run as root.
+    id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
+    chown postgres "$pgdir"
+    run_as=(runuser -u postgres --)
+  fi
+  log "PostgreSQL: starting a throwaway server on port $port"
+  "${run_as[@]}" "$bindir/initdb" -D "$pgdir/data" -U postgres --auth=trust >/dev/null
+  "${run_as[@]}" "$bindir/pg_ctl" -D "$pgdir/data" -l "$pgdir/log" -w \
+    -o "-p $port -k $pgdir -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off" start >/dev/null
+  cleanup_actions+=("${run_as[*]} $bindir/pg_ctl -D $pgdir/data -m immediate stop >/dev/null 2>&1; rm -rf $pgdir")
+  export TEST_PG_ADMIN_URL="postgres://postgres@127.0.0.1:$port/postgres"
+fi
+
+# Databases left behind by earlier runs (each test binary creates its own).
+if command -v psql >/dev/null 2>&1; then
+  for db in $(psql "$TEST_PG_ADMIN_URL" -Atqc "select datname from pg_database where datname like 'user_api_test_%'" 2>/dev/null); do
+    psql "$TEST_PG_ADMIN_URL" -qc "drop database if exists $db with (force)" >/dev/null 2>&1 || true
+  done
+fi
+
+# ---- Redis ------------------------------------------------------------------
+command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+if [ -n "${REDIS_URL:-}" ]; then
+  export TEST_REDIS_URL="$REDIS_URL"
+  log "Redis: REDIS_URL"
+elif redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
+  export TEST_REDIS_URL="redis://127.0.0.1:6379"
+  log "Redis: local server on 6379"
+else
+  port=$(free_port)
+  rdir=$(mktemp -d /tmp/user-api-redis.XXXXXX)
+  log "Redis: starting a throwaway server on port $port"
+  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$rdir" \
+    --daemonize yes --pidfile "$rdir/redis.pid" --logfile "$rdir/log" >/dev/null
+  cleanup_actions+=("kill \$(cat $rdir/redis.pid) 2>/dev/null; rm -rf $rdir")
+  for _ in $(seq 50); do redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+  export TEST_REDIS_URL="redis://127.0.0.1:$port"
+fi
+# Tests start their own extra redis-server instances (outages, cluster) with this binary.
+export REDIS_SERVER_BIN="$(command -v redis-server)"
+
+# ---- Checks and tests -------------------------------------------------------
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --all-targets --quiet -- -D warnings
+log "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --no-fail-fast "$@"
+  cargo test --doc --quiet
+else
+  cargo test --no-fail-fast "$@"
+fi

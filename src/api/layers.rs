@@ -1,0 +1,75 @@
+//! Cross-cutting middleware: authentication, request metrics, panic containment.
+
+use std::any::Any;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, Response, header};
+use axum::middleware::Next;
+use axum::response::IntoResponse;
+
+use crate::auth::AuthError;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Longest `Authorization` header considered; longer ones are refused unparsed.
+const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// Extracts the bearer token, if well-formed.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(AuthError::Missing)?
+        .to_str()
+        .map_err(|_| AuthError::Missing)?;
+    if value.len() > MAX_TOKEN_BYTES {
+        return Err(AuthError::Missing);
+    }
+    let (scheme, token) = value.trim().split_once(' ').ok_or(AuthError::Missing)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(AuthError::Missing);
+    }
+    Ok(token.trim())
+}
+
+/// Verifies the bearer token and hands the `Caller` to the handlers.
+pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response<Body> {
+    let caller = match bearer_token(req.headers()) {
+        Ok(token) => state.auth.verify(token).await,
+        Err(e) => Err(e),
+    };
+    match caller {
+        Ok(caller) => {
+            if let Some(iat) = caller.issued_at {
+                state.logins.observe(caller.user_id, iat);
+            }
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        Err(e) => ApiError::Unauthorized(e).into_response(),
+    }
+}
+
+/// Counts requests and their latency by route template and status.
+pub async fn record_metrics(State(_): State<AppState>, req: Request, next: Next) -> Response<Body> {
+    let start = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let res = next.run(req).await;
+    let status = res.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels)
+        .record(start.elapsed().as_secs_f64());
+    res
+}
+
+/// Turns a panic into a JSON 500 (the process keeps serving).
+pub fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response<Body> {
+    ApiError::internal("handler panicked").into_response()
+}

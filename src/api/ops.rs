@@ -1,0 +1,92 @@
+//! Operations: liveness, readiness, Prometheus metrics.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::state::AppState;
+
+/// Routes of this resource.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(healthz))
+        .routes(routes!(ready))
+        .routes(routes!(metrics))
+}
+
+/// Liveness body.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// Always "ok".
+    pub status: &'static str,
+}
+
+/// Readiness body.
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// "ok", or "degraded" while Redis is down.
+    pub status: &'static str,
+    /// "ok" or "down".
+    pub database: &'static str,
+    /// "ok" or "down" (the embedded store is always "ok").
+    pub redis: &'static str,
+    /// Which cache and limiter store serves: "redis", "redis-cluster" or "embedded".
+    pub store: &'static str,
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/health", tag = "ops", responses((status = 200, body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Liveness, Kubernetes spelling.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Readiness: 200 while the database answers (Redis down is only degraded), else 503.
+#[utoipa::path(get, path = "/ready", tag = "ops",
+    responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
+pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let db_ok = matches!(
+        tokio::time::timeout(Duration::from_secs(2), state.profiles.repo().ping()).await,
+        Ok(Ok(()))
+    );
+    let (store, redis_ok) = state.store_health();
+    let body = Readiness {
+        status: if db_ok && redis_ok { "ok" } else { "degraded" },
+        database: if db_ok { "ok" } else { "down" },
+        redis: if redis_ok { "ok" } else { "down" },
+        store,
+    };
+    let status = if db_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body))
+}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let pool = state.profiles.repo().pool_stats();
+    metrics::gauge!("db_pool_connections").set(pool.size as f64);
+    metrics::gauge!("db_pool_idle_connections").set(pool.idle as f64);
+    metrics::gauge!("db_pool_max_connections").set(pool.max as f64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}

@@ -1,0 +1,150 @@
+//! `/api/profiles`: read, create, update, delete, and the caller's own profile.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::IntoResponse;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::dto::{ErrorBody, ProfileCreated, ProfileRead, ProfileUpdated};
+use super::extract::{JsonBody, authorize, parse_user_id};
+use crate::auth::Caller;
+use crate::domain::{ProfileInput, ProfilePatchInput, UserId};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Routes of this resource.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_profile))
+        .routes(routes!(get_me))
+        .routes(routes!(get_profile, update_profile, patch_profile, delete_profile))
+}
+
+async fn read(state: &AppState, id: UserId) -> Result<Json<ProfileRead>, ApiError> {
+    let found = state.profiles.get(id).await?;
+    found
+        .map(|l| Json(l.into()))
+        .ok_or(ApiError::NotFound("Profile not found"))
+}
+
+/// Reads a profile (cache-aside).
+#[utoipa::path(get, path = "/api/profiles/{user_id}", tag = "profiles",
+    params(("user_id" = String, Path, format = Uuid)),
+    security(("bearer" = [])),
+    responses((status = 200, body = ProfileRead), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn get_profile(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<Json<ProfileRead>, ApiError> {
+    let id = parse_user_id(&raw)?;
+    authorize(&caller, id)?;
+    read(&state, id).await
+}
+
+/// Reads the caller's own profile.
+#[utoipa::path(get, path = "/api/profiles/me", tag = "profiles",
+    security(("bearer" = [])),
+    responses((status = 200, body = ProfileRead), (status = 404, body = ErrorBody)))]
+pub async fn get_me(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<ProfileRead>, ApiError> {
+    read(&state, caller.user_id).await
+}
+
+/// Creates a profile; `user_id` defaults to the caller's.
+#[utoipa::path(post, path = "/api/profiles", tag = "profiles",
+    request_body = ProfileInput,
+    security(("bearer" = [])),
+    responses((status = 201, body = ProfileCreated), (status = 403, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_profile(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: JsonBody,
+) -> Result<impl IntoResponse, ApiError> {
+    let (id, new) = body.parse::<ProfileInput>()?.validate()?;
+    let id = id.unwrap_or(caller.user_id);
+    authorize(&caller, id)?;
+    let profile = state.profiles.create(id, &new).await?;
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&format!("/api/profiles/{id}")) {
+        headers.insert(header::LOCATION, v);
+    }
+    Ok((StatusCode::CREATED, headers, Json(ProfileCreated { profile })))
+}
+
+async fn apply_update(
+    state: &AppState,
+    caller: &Caller,
+    raw: &str,
+    body: &JsonBody,
+) -> Result<Json<ProfileUpdated>, ApiError> {
+    let id = parse_user_id(raw)?;
+    authorize(caller, id)?;
+    let patch = body.parse::<ProfilePatchInput>()?.validate()?;
+    let profile = state
+        .profiles
+        .update(id, &patch)
+        .await?
+        .ok_or(ApiError::NotFound("Profile not found"))?;
+    Ok(Json(ProfileUpdated {
+        message: "Profile updated successfully",
+        profile,
+    }))
+}
+
+/// Updates the fields sent (`null` clears one).
+#[utoipa::path(put, path = "/api/profiles/{user_id}", tag = "profiles",
+    params(("user_id" = String, Path, format = Uuid)),
+    request_body = ProfilePatchInput,
+    security(("bearer" = [])),
+    responses((status = 200, body = ProfileUpdated), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn update_profile(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    body: JsonBody,
+) -> Result<Json<ProfileUpdated>, ApiError> {
+    apply_update(&state, &caller, &raw, &body).await
+}
+
+/// Same as `PUT`: a partial update.
+#[utoipa::path(patch, path = "/api/profiles/{user_id}", tag = "profiles",
+    params(("user_id" = String, Path, format = Uuid)),
+    request_body = ProfilePatchInput,
+    security(("bearer" = [])),
+    responses((status = 200, body = ProfileUpdated), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn patch_profile(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+    body: JsonBody,
+) -> Result<Json<ProfileUpdated>, ApiError> {
+    apply_update(&state, &caller, &raw, &body).await
+}
+
+/// Deletes a profile with its settings and preferences.
+#[utoipa::path(delete, path = "/api/profiles/{user_id}", tag = "profiles",
+    params(("user_id" = String, Path, format = Uuid)),
+    security(("bearer" = [])),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete_profile(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_user_id(&raw)?;
+    authorize(&caller, id)?;
+    if state.profiles.delete(id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("Profile not found"))
+    }
+}

@@ -1,0 +1,477 @@
+//! Configuration: defaults, then the TOML file named by `USER_API_CONFIG`, then
+//! `USER_API__<TABLE>__<KEY>` variables, then the documented plain variables
+//! (`DATABASE_URL`, `REDIS_URL`, …). Validated once, at load, naming the bad key.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A key has a value of the wrong type or shape (figment names the key).
+    #[error("invalid configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    /// A key parsed but its value is not acceptable.
+    #[error("invalid configuration: `{key}` {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+/// Everything the service reads at start-up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `USER_API_ADDR`.
+    pub addr: SocketAddr,
+    /// `DATABASE_URL`: `postgres://…` or `sqlite://path`.
+    pub database_url: String,
+    /// `REDIS_URL`: a single Redis node.
+    pub redis_url: Option<String>,
+    /// `REDIS_CLUSTER_URLS`: seed nodes of a Redis Cluster.
+    pub redis_cluster_urls: Vec<String>,
+    pub jwt: JwtConfig,
+    pub database: DatabaseConfig,
+    pub cache: CacheConfig,
+    pub rate_limits: RateLimitConfig,
+    pub redis: RedisConfig,
+    pub prewarm: PrewarmConfig,
+    pub server: ServerConfig,
+}
+
+/// Token verification.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtConfig {
+    /// `JWT_PUBLIC_KEY_FILE`: PEM RSA public key.
+    pub public_key_file: Option<PathBuf>,
+    /// `JWKS_URL`: the auth service's JWKS document.
+    pub jwks_url: Option<String>,
+    /// `JWT_ISS`: required issuer, when set.
+    pub iss: Option<String>,
+    /// `JWT_AUD`: required audience, when set.
+    pub aud: Option<String>,
+    pub leeway_secs: u64,
+    /// How long a fetched JWKS is trusted before it is fetched again.
+    pub jwks_cache_secs: u64,
+    /// Shortest pause between two fetches triggered by unknown `kid`s.
+    pub jwks_min_refetch_secs: u64,
+    pub jwks_timeout_ms: u64,
+    /// Where dev mode keeps its generated key pair.
+    pub dev_keys_dir: PathBuf,
+}
+
+/// Database pool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub max_connections: u32,
+    pub min_connections: u32,
+    pub acquire_timeout_ms: u64,
+    pub statement_timeout_ms: u64,
+}
+
+/// Profile cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    pub ttl_secs: u64,
+    /// Refresh in the background when less TTL than this is left.
+    pub refresh_ahead_secs: u64,
+    /// How long an unknown id is remembered as missing (at most 30).
+    pub negative_ttl_secs: u64,
+    /// Largest share of the TTL that jitter may take off, in percent.
+    pub jitter_percent: u64,
+}
+
+/// What the limiter does when its store is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// Fall back to an in-process limiter.
+    Open,
+    /// Answer 503.
+    Closed,
+}
+
+/// Rate-limit policies, requests per window and caller.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub profiles_read: u64,
+    pub profiles_update: u64,
+    pub profiles_batch: u64,
+    pub default: u64,
+    pub per_address: u64,
+    /// `RATE_LIMIT_FAIL`.
+    pub fail: FailMode,
+    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
+    pub trust_forwarded_for: bool,
+    /// Window length; an hour in production, shorter only in tests.
+    pub window_secs: u64,
+}
+
+/// Redis client behaviour.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Longest wait for any one Redis call.
+    pub timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Consecutive failures that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before probing again.
+    pub breaker_cooldown_ms: u64,
+    /// How often in-process hit/miss counts are flushed to Redis.
+    pub metrics_flush_ms: u64,
+    /// How often the invalidation outbox is drained.
+    pub outbox_poll_ms: u64,
+}
+
+/// Cache prewarm at start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrewarmConfig {
+    /// `PREWARM=0` turns it off.
+    pub enabled: bool,
+    pub max: u32,
+    pub batch_size: u32,
+    /// Only users whose last login is this recent.
+    pub recent_days: u32,
+}
+
+/// HTTP server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub request_timeout_ms: u64,
+    /// `json` for machines, `pretty` for people.
+    pub log_format: String,
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            addr: "0.0.0.0:8001".parse().expect("static address"),
+            database_url: "sqlite://data/user-api.db".into(),
+            redis_url: None,
+            redis_cluster_urls: Vec::new(),
+            jwt: JwtConfig::default(),
+            database: DatabaseConfig::default(),
+            cache: CacheConfig::default(),
+            rate_limits: RateLimitConfig::default(),
+            redis: RedisConfig::default(),
+            prewarm: PrewarmConfig::default(),
+            server: ServerConfig::default(),
+        }
+    }
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            public_key_file: None,
+            jwks_url: None,
+            iss: None,
+            aud: None,
+            leeway_secs: 60,
+            jwks_cache_secs: 3600,
+            jwks_min_refetch_secs: 10,
+            jwks_timeout_ms: 2000,
+            dev_keys_dir: "data/dev-keys".into(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            min_connections: 0,
+            acquire_timeout_ms: 2000,
+            statement_timeout_ms: 5000,
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            ttl_secs: 300,
+            refresh_ahead_secs: 60,
+            negative_ttl_secs: 30,
+            jitter_percent: 10,
+        }
+    }
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            profiles_read: 100,
+            profiles_update: 10,
+            profiles_batch: 20,
+            default: 100,
+            per_address: 1000,
+            fail: FailMode::Open,
+            trust_forwarded_for: false,
+            window_secs: 3600,
+        }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            timeout_ms: 50,
+            connect_timeout_ms: 1000,
+            breaker_failures: 3,
+            breaker_cooldown_ms: 1000,
+            metrics_flush_ms: 1000,
+            outbox_poll_ms: 1000,
+        }
+    }
+}
+
+impl Default for PrewarmConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max: 1000,
+            batch_size: 100,
+            recent_days: 7,
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout_ms: 15_000,
+            log_format: "json".into(),
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+/// Plain environment variables of SPEC section 1 and the config key each sets.
+const PLAIN_ENV: &[(&str, &str)] = &[
+    ("USER_API_ADDR", "addr"),
+    ("DATABASE_URL", "database_url"),
+    ("REDIS_URL", "redis_url"),
+    ("JWT_PUBLIC_KEY_FILE", "jwt.public_key_file"),
+    ("JWKS_URL", "jwt.jwks_url"),
+    ("JWT_ISS", "jwt.iss"),
+    ("JWT_AUD", "jwt.aud"),
+    ("RATE_LIMIT_FAIL", "rate_limits.fail"),
+];
+
+impl Config {
+    /// Loads from the process environment (and the file it names), then validates.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::load_from(|k| std::env::var(k).ok())
+    }
+
+    /// Loads with `env` standing in for the process environment (testable).
+    pub fn load_from(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = env("USER_API_CONFIG").filter(|p| !p.is_empty()) {
+            if !std::path::Path::new(&path).is_file() {
+                return Err(ConfigError::Invalid {
+                    key: "USER_API_CONFIG",
+                    reason: format!("names `{path}`, which is not a readable file"),
+                });
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        // Only real process variables carry the prefixed form; tests pass plain keys.
+        fig = fig.merge(Env::prefixed("USER_API__").split("__"));
+        for (var, key) in PLAIN_ENV {
+            if let Some(v) = env(var).filter(|v| !v.is_empty()) {
+                fig = fig.merge((*key, v));
+            }
+        }
+        if let Some(v) = env("REDIS_CLUSTER_URLS").filter(|v| !v.trim().is_empty()) {
+            let urls: Vec<String> = v
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+            fig = fig.merge(("redis_cluster_urls", urls));
+        }
+        if let Some(v) = env("PREWARM") {
+            let on = !matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "off" | "no");
+            fig = fig.merge(("prewarm.enabled", on));
+        }
+        let config: Config = fig.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(key: &'static str, reason: impl Into<String>) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            })
+        }
+        let db = &self.database_url;
+        let known = ["postgres://", "postgresql://", "sqlite://", "sqlite:"];
+        if !known.iter().any(|p| db.starts_with(p)) {
+            return bad("database_url", "must start with postgres:// or sqlite://");
+        }
+        if self.redis_url.is_some() && !self.redis_cluster_urls.is_empty() {
+            return bad("redis_url", "and redis_cluster_urls are both set; set only one");
+        }
+        for url in self.redis_url.iter().chain(&self.redis_cluster_urls) {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return bad("redis_url", "must start with redis:// or rediss://");
+            }
+        }
+        if self.jwt.public_key_file.is_some() && self.jwt.jwks_url.is_some() {
+            return bad(
+                "jwt.public_key_file",
+                "and jwt.jwks_url are both set; set only one key source",
+            );
+        }
+        if let Some(u) = &self.jwt.jwks_url {
+            if !(u.starts_with("https://") || u.starts_with("http://")) {
+                return bad("jwt.jwks_url", "must be an http(s) URL");
+            }
+        }
+        if self.database.max_connections == 0 {
+            return bad("database.max_connections", "must be at least 1");
+        }
+        if self.database.min_connections > self.database.max_connections {
+            return bad("database.min_connections", "must not exceed max_connections");
+        }
+        if self.database.acquire_timeout_ms == 0 {
+            return bad("database.acquire_timeout_ms", "must be positive");
+        }
+        if self.cache.ttl_secs == 0 {
+            return bad("cache.ttl_secs", "must be positive");
+        }
+        if self.cache.refresh_ahead_secs >= self.cache.ttl_secs {
+            return bad("cache.refresh_ahead_secs", "must be less than cache.ttl_secs");
+        }
+        if self.cache.negative_ttl_secs > 30 {
+            return bad("cache.negative_ttl_secs", "must be at most 30");
+        }
+        if self.cache.jitter_percent > 50 {
+            return bad("cache.jitter_percent", "must be at most 50");
+        }
+        let rl = &self.rate_limits;
+        for (key, v) in [
+            ("rate_limits.profiles_read", rl.profiles_read),
+            ("rate_limits.profiles_update", rl.profiles_update),
+            ("rate_limits.profiles_batch", rl.profiles_batch),
+            ("rate_limits.default", rl.default),
+            ("rate_limits.per_address", rl.per_address),
+            ("rate_limits.window_secs", rl.window_secs),
+        ] {
+            if v == 0 {
+                return bad(key, "must be at least 1");
+            }
+        }
+        if rl.window_secs != 3600 && 3600 % rl.window_secs != 0 {
+            return bad("rate_limits.window_secs", "must divide 3600");
+        }
+        if self.redis.timeout_ms == 0 {
+            return bad("redis.timeout_ms", "must be positive");
+        }
+        if self.redis.breaker_failures == 0 {
+            return bad("redis.breaker_failures", "must be at least 1");
+        }
+        if self.prewarm.batch_size == 0 {
+            return bad("prewarm.batch_size", "must be at least 1");
+        }
+        if !matches!(self.server.log_format.as_str(), "json" | "pretty") {
+            return bad("server.log_format", "must be `json` or `pretty`");
+        }
+        Ok(())
+    }
+
+    /// True when no Redis is configured and the in-process store serves.
+    pub fn uses_embedded_store(&self) -> bool {
+        self.redis_url.is_none() && self.redis_cluster_urls.is_empty()
+    }
+
+    /// True when no key source is configured: dev mode.
+    pub fn jwt_dev_mode(&self) -> bool {
+        self.jwt.public_key_file.is_none() && self.jwt.jwks_url.is_none()
+    }
+}
+
+impl RedisConfig {
+    /// The per-call timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::load_from(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.addr.port(), 8001);
+        assert!(c.uses_embedded_store());
+        assert!(c.jwt_dev_mode());
+        assert_eq!(c.rate_limits.profiles_read, 100);
+    }
+
+    #[test]
+    fn plain_env_overrides() {
+        let c = load(&[
+            ("DATABASE_URL", "postgres://localhost/test"),
+            ("REDIS_CLUSTER_URLS", "redis://a:1, redis://b:2"),
+            ("PREWARM", "0"),
+            ("RATE_LIMIT_FAIL", "closed"),
+        ])
+        .unwrap();
+        assert_eq!(c.redis_cluster_urls.len(), 2);
+        assert!(!c.prewarm.enabled);
+        assert_eq!(c.rate_limits.fail, FailMode::Closed);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = load(&[("RATE_LIMIT_FAIL", "sometimes")]).unwrap_err().to_string();
+        assert!(e.contains("fail"), "{e}");
+        let e = load(&[("DATABASE_URL", "mysql://x")]).unwrap_err().to_string();
+        assert!(e.contains("database_url"), "{e}");
+        let e = load(&[("REDIS_URL", "redis://x"), ("REDIS_CLUSTER_URLS", "redis://y")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("redis_url"), "{e}");
+    }
+
+    #[test]
+    fn config_file_is_read_and_checked() {
+        let dir = std::env::temp_dir().join(format!("user-api-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(&f, "[cache]\nttl_secs = 120\nrefresh_ahead_secs = 10\n").unwrap();
+        let c = load(&[("USER_API_CONFIG", f.to_str().unwrap())]).unwrap();
+        assert_eq!(c.cache.ttl_secs, 120);
+        std::fs::write(&f, "[cache]\nttl_secs = \"soon\"\n").unwrap();
+        let e = load(&[("USER_API_CONFIG", f.to_str().unwrap())]).unwrap_err().to_string();
+        assert!(e.contains("ttl_secs"), "{e}");
+        std::fs::write(&f, "[cache]\nttl = 5\n").unwrap();
+        assert!(load(&[("USER_API_CONFIG", f.to_str().unwrap())]).is_err());
+    }
+}

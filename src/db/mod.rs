@@ -1,0 +1,196 @@
+//! The database: one `ProfileRepo` trait, implemented for PostgreSQL and embedded SQLite.
+//!
+//! The backend is chosen once, from the URL scheme, in [`connect`]. Every mutating call
+//! also records a pending cache invalidation (an outbox row) in the same transaction, so a
+//! write acknowledged while Redis is unreachable is never hidden later by an older cache entry.
+
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{Document, DocumentKind, JsonObject, NewProfile, Profile, ProfilePatch, UserId};
+
+pub use postgres::PostgresRepo;
+pub use sqlite::SqliteRepo;
+
+/// Shared handle to the chosen backend.
+pub type Repo = Arc<dyn ProfileRepo>;
+
+/// Why a database call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The database cannot be reached now (pool timeout, connection refused, shutdown).
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// A profile with this id already exists.
+    #[error("profile already exists")]
+    AlreadyExists,
+    /// Another profile already uses this e-mail address.
+    #[error("email already in use")]
+    EmailTaken,
+    /// Anything else; logged, never shown to clients.
+    #[error("database error: {0}")]
+    Other(#[source] sqlx::Error),
+    /// Migration failure at start-up.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl DbError {
+    /// Classifies a driver error: connectivity problems become `Unavailable`.
+    pub fn from_sqlx(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => Self::Unavailable(e),
+            sqlx::Error::Database(db) => {
+                // 57P01 admin shutdown, 57P03 cannot connect now, 08xxx connection exceptions.
+                let code = db.code().unwrap_or_default();
+                if code.starts_with("08") || code == "57P01" || code == "57P03" {
+                    Self::Unavailable(e)
+                } else {
+                    Self::Other(e)
+                }
+            }
+            _ => Self::Other(e),
+        }
+    }
+}
+
+/// What a pending invalidation must remove from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidationScope {
+    /// The cached profile only.
+    Profile,
+    /// One cached document.
+    Document(DocumentKind),
+    /// Profile, settings and preferences (delete).
+    All,
+}
+
+impl InvalidationScope {
+    /// Stored form in the outbox table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Profile => "profile",
+            Self::Document(DocumentKind::Settings) => "settings",
+            Self::Document(DocumentKind::Preferences) => "preferences",
+            Self::All => "all",
+        }
+    }
+
+    /// Parses the stored form; unknown values widen to `All` (safe: removes more).
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "profile" => Self::Profile,
+            "settings" => Self::Document(DocumentKind::Settings),
+            "preferences" => Self::Document(DocumentKind::Preferences),
+            _ => Self::All,
+        }
+    }
+}
+
+/// A cache invalidation recorded with a write and not yet confirmed applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingInvalidation {
+    /// Outbox row id.
+    pub id: i64,
+    pub user_id: UserId,
+    pub scope: InvalidationScope,
+}
+
+/// The result of a write plus the id of the outbox row recorded with it.
+#[derive(Debug, Clone)]
+pub struct Written<T> {
+    pub value: T,
+    /// Delete this outbox row once the invalidation is applied.
+    pub outbox_id: i64,
+}
+
+/// Connection pool figures for `/metrics`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolStats {
+    pub size: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
+/// Pool settings shared by both backends.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    pub max_connections: u32,
+    pub min_connections: u32,
+    pub acquire_timeout: Duration,
+    /// Server-side statement timeout (PostgreSQL) / busy timeout (SQLite).
+    pub statement_timeout: Duration,
+}
+
+/// Storage of profiles, their documents and the invalidation outbox.
+#[async_trait]
+pub trait ProfileRepo: Send + Sync + 'static {
+    /// Which backend this is ("postgres" or "sqlite"), for logs.
+    fn backend(&self) -> &'static str;
+    /// Applies pending migrations.
+    async fn migrate(&self) -> Result<(), DbError>;
+    /// A trivial round trip, for `/ready`.
+    async fn ping(&self) -> Result<(), DbError>;
+    /// Pool figures.
+    fn pool_stats(&self) -> PoolStats;
+
+    /// One profile, if it exists.
+    async fn fetch(&self, id: UserId) -> Result<Option<Profile>, DbError>;
+    /// All existing profiles among `ids` (one query, any order).
+    async fn fetch_many(&self, ids: &[UserId]) -> Result<Vec<Profile>, DbError>;
+    /// Inserts a profile; `AlreadyExists` or `EmailTaken` on conflict.
+    async fn create(&self, id: UserId, new: &NewProfile) -> Result<Written<Profile>, DbError>;
+    /// Applies a partial update; `None` when there is no such profile.
+    /// An empty patch still bumps `updated_at`.
+    async fn update(&self, id: UserId, patch: &ProfilePatch)
+    -> Result<Option<Written<Profile>>, DbError>;
+    /// Creates the profile with the patch's fields, or updates it; `true` when created.
+    async fn upsert(&self, id: UserId, patch: &ProfilePatch)
+    -> Result<Written<(Profile, bool)>, DbError>;
+    /// Deletes the profile and its documents; `None` when there was nothing to delete.
+    async fn delete(&self, id: UserId) -> Result<Option<Written<()>>, DbError>;
+
+    /// A user's document (`{}` when never written); `None` when there is no profile.
+    async fn fetch_document(&self, kind: DocumentKind, id: UserId)
+    -> Result<Option<Document>, DbError>;
+    /// Replaces a user's document; `None` when there is no profile.
+    async fn replace_document(
+        &self,
+        kind: DocumentKind,
+        id: UserId,
+        data: &JsonObject,
+    ) -> Result<Option<Written<Document>>, DbError>;
+
+    /// Sets `last_login` to `at` unless it is already within an hour of it; leaves
+    /// `updated_at` alone. `None` when nothing changed.
+    async fn record_login(&self, id: UserId, at: DateTime<Utc>)
+    -> Result<Option<Written<()>>, DbError>;
+    /// Up to `limit` profiles with `last_login` after `since`, most recent first.
+    async fn recent_logins(&self, since: DateTime<Utc>, limit: u32) -> Result<Vec<Profile>, DbError>;
+    /// Bulk insert of complete profiles (seeding); existing ids are skipped. Returns rows inserted.
+    async fn insert_many(&self, profiles: &[Profile]) -> Result<u64, DbError>;
+
+    /// Oldest pending invalidations first.
+    async fn pending_invalidations(&self, limit: u32) -> Result<Vec<PendingInvalidation>, DbError>;
+    /// Removes applied outbox rows.
+    async fn clear_invalidations(&self, ids: &[i64]) -> Result<(), DbError>;
+}
+
+/// Opens the backend named by the URL scheme (`postgres://`/`postgresql://` or `sqlite://`).
+pub async fn connect(url: &str, opts: &PoolOptions) -> Result<Repo, DbError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PostgresRepo::connect(url, opts).await?))
+    } else {
+        Ok(Arc::new(SqliteRepo::connect(url, opts).await?))
+    }
+}

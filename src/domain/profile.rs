@@ -1,0 +1,301 @@
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+
+use super::{Email, MAX_ADDRESS_CHARS, MAX_TEXT_CHARS, UserId, ValidationError, check_text};
+
+/// A stored profile, exactly as the API and the cache show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Profile {
+    /// The owner's id (the `sub` of their tokens).
+    #[schema(value_type = String, format = Uuid)]
+    pub user_id: UserId,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+    #[schema(value_type = Option<String>, format = Email)]
+    pub email: Option<Email>,
+    pub phone: Option<String>,
+    pub address: Option<String>,
+    pub date_of_birth: Option<NaiveDate>,
+    /// Set by the service from the owner's token `iat`; read-only in the API.
+    #[serde(with = "timestamp::option")]
+    pub last_login: Option<DateTime<Utc>>,
+    #[serde(with = "timestamp")]
+    pub created_at: DateTime<Utc>,
+    #[serde(with = "timestamp")]
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A validated create request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewProfile {
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub name: Option<String>,
+    pub email: Option<Email>,
+    pub phone: Option<String>,
+    pub address: Option<String>,
+    pub date_of_birth: Option<NaiveDate>,
+}
+
+/// A validated partial update: `None` leaves a field alone, `Some(None)` clears it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProfilePatch {
+    pub first_name: Option<Option<String>>,
+    pub last_name: Option<Option<String>>,
+    pub name: Option<Option<String>>,
+    pub email: Option<Option<Email>>,
+    pub phone: Option<Option<String>>,
+    pub address: Option<Option<String>>,
+    pub date_of_birth: Option<Option<NaiveDate>>,
+}
+
+impl ProfilePatch {
+    /// True when the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Applies the patch to a profile in memory (used by backends that read-modify-write).
+    pub fn apply_to(&self, p: &mut Profile) {
+        fn set<T: Clone>(dst: &mut Option<T>, src: &Option<Option<T>>) {
+            if let Some(v) = src {
+                dst.clone_from(v);
+            }
+        }
+        set(&mut p.first_name, &self.first_name);
+        set(&mut p.last_name, &self.last_name);
+        set(&mut p.name, &self.name);
+        set(&mut p.email, &self.email);
+        set(&mut p.phone, &self.phone);
+        set(&mut p.address, &self.address);
+        set(&mut p.date_of_birth, &self.date_of_birth);
+    }
+}
+
+/// The body of `POST /api/profiles` as sent.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileInput {
+    /// Must equal the caller's id unless the caller is an admin; defaults to it.
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub user_id: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub address: Option<String>,
+    /// `YYYY-MM-DD`.
+    pub date_of_birth: Option<String>,
+}
+
+impl ProfileInput {
+    /// Validates every field; the id is returned parsed when one was sent.
+    pub fn validate(self) -> Result<(Option<UserId>, NewProfile), ValidationError> {
+        let user_id = self.user_id.as_deref().map(str::parse).transpose()?;
+        let profile = NewProfile {
+            first_name: text("first_name", self.first_name, MAX_TEXT_CHARS)?,
+            last_name: text("last_name", self.last_name, MAX_TEXT_CHARS)?,
+            name: text("name", self.name, MAX_TEXT_CHARS)?,
+            email: self.email.as_deref().map(Email::parse).transpose()?,
+            phone: text("phone", self.phone, MAX_TEXT_CHARS)?,
+            address: text("address", self.address, MAX_ADDRESS_CHARS)?,
+            date_of_birth: self.date_of_birth.as_deref().map(parse_date).transpose()?,
+        };
+        Ok((user_id, profile))
+    }
+}
+
+/// The body of `PUT`/`PATCH /api/profiles/{id}` as sent: absent leaves alone, `null` clears.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProfilePatchInput {
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub first_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub last_name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub email: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub phone: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub address: Option<Option<String>>,
+    /// `YYYY-MM-DD`, or `null` to clear.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub date_of_birth: Option<Option<String>>,
+}
+
+impl ProfilePatchInput {
+    /// Validates every field that was sent.
+    pub fn validate(self) -> Result<ProfilePatch, ValidationError> {
+        fn each<T, U>(
+            v: Option<Option<T>>,
+            f: impl FnOnce(T) -> Result<U, ValidationError>,
+        ) -> Result<Option<Option<U>>, ValidationError> {
+            match v {
+                None => Ok(None),
+                Some(None) => Ok(Some(None)),
+                Some(Some(x)) => f(x).map(|u| Some(Some(u))),
+            }
+        }
+        let t = |field: &'static str, max: usize| {
+            move |s: String| check_text(field, &s, max).map(|()| s)
+        };
+        Ok(ProfilePatch {
+            first_name: each(self.first_name, t("first_name", MAX_TEXT_CHARS))?,
+            last_name: each(self.last_name, t("last_name", MAX_TEXT_CHARS))?,
+            name: each(self.name, t("name", MAX_TEXT_CHARS))?,
+            email: each(self.email, |s| Email::parse(&s))?,
+            phone: each(self.phone, t("phone", MAX_TEXT_CHARS))?,
+            address: each(self.address, t("address", MAX_ADDRESS_CHARS))?,
+            date_of_birth: each(self.date_of_birth, |s| parse_date(&s))?,
+        })
+    }
+}
+
+impl From<NewProfile> for ProfilePatch {
+    fn from(p: NewProfile) -> Self {
+        // An upsert from a create-shaped body touches only the fields that were sent.
+        ProfilePatch {
+            first_name: p.first_name.map(Some),
+            last_name: p.last_name.map(Some),
+            name: p.name.map(Some),
+            email: p.email.map(Some),
+            phone: p.phone.map(Some),
+            address: p.address.map(Some),
+            date_of_birth: p.date_of_birth.map(Some),
+        }
+    }
+}
+
+/// Distinguishes a field sent as `null` (`Some(None)`) from one not sent (`None`, via `default`).
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+fn text(field: &str, v: Option<String>, max: usize) -> Result<Option<String>, ValidationError> {
+    if let Some(s) = &v {
+        check_text(field, s, max)?;
+    }
+    Ok(v)
+}
+
+/// Parses a strict `YYYY-MM-DD` date that is not in the future.
+pub fn parse_date(s: &str) -> Result<NaiveDate, ValidationError> {
+    let bad = || ValidationError::new("date_of_birth", "must be a date in the form YYYY-MM-DD");
+    let b = s.as_bytes();
+    let shape_ok = b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b
+            .iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
+    if !shape_ok {
+        return Err(bad());
+    }
+    let date = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| bad())?;
+    if date > Utc::now().date_naive() {
+        return Err(ValidationError::new(
+            "date_of_birth",
+            "must not be in the future",
+        ));
+    }
+    Ok(date)
+}
+
+/// RFC 3339 UTC timestamps with a `Z` suffix, fractions only when present.
+pub mod timestamp {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Formats a timestamp the way every response and cache entry shows it.
+    pub fn format(t: &DateTime<Utc>) -> String {
+        t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    }
+
+    /// Serde serializer for `DateTime<Utc>`.
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(t))
+    }
+
+    /// Serde deserializer for `DateTime<Utc>`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        DateTime::<Utc>::deserialize(d)
+    }
+
+    /// The same for optional timestamps.
+    pub mod option {
+        use super::*;
+
+        /// Serde serializer for `Option<DateTime<Utc>>`.
+        pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => s.serialize_str(&super::format(t)),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Serde deserializer for `Option<DateTime<Utc>>`.
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<DateTime<Utc>>, D::Error> {
+            Option::<DateTime<Utc>>::deserialize(d)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_dates() {
+        assert!(parse_date("1990-01-01").is_ok());
+        for bad in ["1990-1-01", "1990-13-01", "1990-02-30", "19900101", "1990-01-01T00:00:00", "+1990-01-0", "3000-01-01"] {
+            assert!(parse_date(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn patch_distinguishes_null_from_absent() {
+        let p: ProfilePatchInput = serde_json::from_str(r#"{"phone": null, "name": "x"}"#).unwrap();
+        let p = p.validate().unwrap();
+        assert_eq!(p.phone, Some(None));
+        assert_eq!(p.name, Some(Some("x".into())));
+        assert_eq!(p.email, None);
+    }
+
+    #[test]
+    fn unknown_and_readonly_fields_are_refused() {
+        assert!(serde_json::from_str::<ProfilePatchInput>(r#"{"nope": 1}"#).is_err());
+        assert!(serde_json::from_str::<ProfilePatchInput>(r#"{"last_login": null}"#).is_err());
+        assert!(serde_json::from_str::<ProfileInput>(r#"{"created_at": "x"}"#).is_err());
+    }
+
+    #[test]
+    fn length_limits_count_characters() {
+        let ok = ProfileInput { name: Some("界".repeat(255)), ..Default::default() };
+        assert!(ok.validate().is_ok());
+        let long = ProfileInput { name: Some("a".repeat(256)), ..Default::default() };
+        assert!(long.validate().is_err());
+        let addr = ProfileInput { address: Some("a".repeat(1000)), ..Default::default() };
+        assert!(addr.validate().is_ok());
+    }
+}

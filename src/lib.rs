@@ -1,0 +1,130 @@
+//! user-api: user profiles over PostgreSQL or SQLite, with a Redis cache and rate limits.
+//!
+//! `App::build` wires everything from a `Config` and binds the listener, so tests can
+//! start the real service on port 0 and talk to it over HTTP.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod seed;
+pub mod service;
+pub mod state;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::db::PoolOptions;
+use crate::service::{LoginRecorder, ProfileService};
+use crate::state::AppState;
+
+/// A built, bound, not yet serving instance.
+pub struct App {
+    listener: TcpListener,
+    router: axum::Router,
+    state: AppState,
+    shutdown: CancellationToken,
+}
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthSetupError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Pool settings from the configuration.
+pub fn pool_options(config: &Config) -> PoolOptions {
+    PoolOptions {
+        max_connections: config.database.max_connections,
+        min_connections: config.database.min_connections,
+        acquire_timeout: Duration::from_millis(config.database.acquire_timeout_ms),
+        statement_timeout: Duration::from_millis(config.database.statement_timeout_ms),
+    }
+}
+
+impl App {
+    /// Connects the stores, runs migrations, loads keys and binds the listener.
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let config = Arc::new(config);
+        let repo = db::connect(&config.database_url, &pool_options(&config)).await?;
+        repo.migrate().await?;
+        tracing::info!(backend = repo.backend(), "database ready");
+        let auth = Authenticator::from_config(&config.jwt).await?;
+        if config.uses_embedded_store() {
+            tracing::warn!(
+                "no REDIS_URL or REDIS_CLUSTER_URLS: using the in-process store; cache and rate limits are per instance"
+            );
+        }
+        let profiles = ProfileService::new(repo);
+        let state = AppState {
+            logins: LoginRecorder::new(profiles.clone()),
+            profiles,
+            auth,
+            metrics: telemetry::metrics_handle(),
+            config: config.clone(),
+        };
+        let listener = TcpListener::bind(config.addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.addr,
+                source,
+            })?;
+        Ok(Self {
+            router: api::router(state.clone()),
+            listener,
+            state,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// The bound address (port 0 resolved).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// The shared state (tests inspect it).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Cancelling this token stops the server gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled; in-flight requests finish first.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let token = self.shutdown.clone();
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, service)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+    }
+}

@@ -1,0 +1,8 @@
+//! Use cases: what each route does, over the repository (and, later, the cache).
+//! Handlers call exactly one function here; nothing here knows about HTTP.
+
+mod login;
+mod profiles;
+
+pub use login::LoginRecorder;
+pub use profiles::{BatchOutcome, Lookup, ProfileService};
