@@ -50,11 +50,15 @@ pg_answers() { # url
   fi
 }
 
+# TEST_FORCE_THROWAWAY=1 skips 1 and 2 (to exercise step 3 on a machine that has servers);
+# TEST_PROVISION_ONLY=1 stops after provisioning (and cleans up).
+force="${TEST_FORCE_THROWAWAY:-0}"
+
 # ---- PostgreSQL -------------------------------------------------------------
-if [[ "${DATABASE_URL:-}" == postgres* ]]; then
+if [[ "$force" != 1 && "${DATABASE_URL:-}" == postgres* ]]; then
   export TEST_PG_ADMIN_URL="$DATABASE_URL"
   log "PostgreSQL: DATABASE_URL"
-elif pg_answers "postgres://postgres@127.0.0.1:5432/postgres"; then
+elif [[ "$force" != 1 ]] && pg_answers "postgres://postgres@127.0.0.1:5432/postgres"; then
   export TEST_PG_ADMIN_URL="postgres://postgres@127.0.0.1:5432/postgres"
   log "PostgreSQL: local server on 5432"
 else
@@ -76,19 +80,23 @@ else
   export TEST_PG_ADMIN_URL="postgres://postgres@127.0.0.1:$port/postgres"
 fi
 
-# Databases left behind by earlier runs (each test binary creates its own).
-if command -v psql >/dev/null 2>&1; then
+# Each test creates its own database; drop those of earlier runs now and ours on exit.
+drop_test_databases() {
+  command -v psql >/dev/null 2>&1 || return 0
+  local db
   for db in $(psql "$TEST_PG_ADMIN_URL" -Atqc "select datname from pg_database where datname like 'user_api_test_%'" 2>/dev/null); do
     psql "$TEST_PG_ADMIN_URL" -qc "drop database if exists $db with (force)" >/dev/null 2>&1 || true
   done
-fi
+}
+drop_test_databases
+cleanup_actions+=("drop_test_databases")
 
 # ---- Redis ------------------------------------------------------------------
 command -v redis-server >/dev/null 2>&1 || apt_install redis-server
-if [ -n "${REDIS_URL:-}" ]; then
+if [[ "$force" != 1 && -n "${REDIS_URL:-}" ]]; then
   export TEST_REDIS_URL="$REDIS_URL"
   log "Redis: REDIS_URL"
-elif redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
+elif [[ "$force" != 1 ]] && redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; then
   export TEST_REDIS_URL="redis://127.0.0.1:6379"
   log "Redis: local server on 6379"
 else
@@ -101,8 +109,18 @@ else
   for _ in $(seq 50); do redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break; sleep 0.1; done
   export TEST_REDIS_URL="redis://127.0.0.1:$port"
 fi
+# Temporary files of the tests (SQLite files, keys, test-owned servers) go here.
+TMPDIR=$(mktemp -d /tmp/user-api-tests.XXXXXX)
+export TMPDIR
+cleanup_actions+=("rm -rf $TMPDIR")
 # Tests start their own extra redis-server instances (outages, cluster) with this binary.
 export REDIS_SERVER_BIN="$(command -v redis-server)"
+
+if [[ "${TEST_PROVISION_ONLY:-0}" == 1 ]]; then
+  psql "$TEST_PG_ADMIN_URL" -Atqc 'select version()'
+  redis-cli -u "$TEST_REDIS_URL" ping
+  exit 0
+fi
 
 # ---- Checks and tests -------------------------------------------------------
 log "cargo fmt --check"
