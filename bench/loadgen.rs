@@ -83,7 +83,9 @@ async fn run(
                     Kind::Batch => {
                         let start = (n * 100) % 1000;
                         let chunk: Vec<&String> = ids[start..start + 100].iter().collect();
-                        client.post(format!("{base}/api/profiles/batch")).json(&json!(chunk))
+                        client
+                            .post(format!("{base}/api/profiles/batch"))
+                            .json(&json!(chunk))
                     }
                     Kind::Write => {
                         let id = &ids[n % 1000.min(ids.len())];
@@ -148,13 +150,71 @@ async fn main() {
         .expect("client");
 
     // Warm the hot set (first 1000 ids) so the hot scenarios are pure cache hits.
-    let _ = run("warm-up", Kind::HotGet, &client, &base, &token, ids.clone(), concurrency, Duration::from_secs(2)).await;
+    let _ = run(
+        "warm-up",
+        Kind::HotGet,
+        &client,
+        &base,
+        &token,
+        ids.clone(),
+        concurrency,
+        Duration::from_secs(2),
+    )
+    .await;
 
     let mut outcomes = Vec::new();
-    outcomes.push(run("GET cached (hit)", Kind::HotGet, &client, &base, &token, ids.clone(), concurrency, dur).await);
-    outcomes.push(run("GET uncached (miss + fill)", Kind::ColdGet, &client, &base, &token, ids.clone(), concurrency, dur).await);
-    outcomes.push(run("POST batch of 100 (cached)", Kind::Batch, &client, &base, &token, ids.clone(), concurrency, dur).await);
-    outcomes.push(run("PATCH (write + invalidate)", Kind::Write, &client, &base, &token, ids.clone(), concurrency, dur).await);
+    outcomes.push(
+        run(
+            "GET cached (hit)",
+            Kind::HotGet,
+            &client,
+            &base,
+            &token,
+            ids.clone(),
+            concurrency,
+            dur,
+        )
+        .await,
+    );
+    outcomes.push(
+        run(
+            "GET uncached (miss + fill)",
+            Kind::ColdGet,
+            &client,
+            &base,
+            &token,
+            ids.clone(),
+            concurrency,
+            dur,
+        )
+        .await,
+    );
+    outcomes.push(
+        run(
+            "POST batch of 100 (cached)",
+            Kind::Batch,
+            &client,
+            &base,
+            &token,
+            ids.clone(),
+            concurrency,
+            dur,
+        )
+        .await,
+    );
+    outcomes.push(
+        run(
+            "PATCH (write + invalidate)",
+            Kind::Write,
+            &client,
+            &base,
+            &token,
+            ids.clone(),
+            concurrency,
+            dur,
+        )
+        .await,
+    );
 
     println!("| scenario | requests | errors | req/s | p50 ms | p95 ms | p99 ms |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");

@@ -304,7 +304,10 @@ impl Config {
             fig = fig.merge(("redis_cluster_urls", urls));
         }
         if let Some(v) = env("PREWARM") {
-            let on = !matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "off" | "no");
+            let on = !matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "0" | "false" | "off" | "no"
+            );
             fig = fig.merge(("prewarm.enabled", on));
         }
         let config: Config = fig.extract().map_err(Box::new)?;
@@ -326,7 +329,10 @@ impl Config {
             return bad("database_url", "must start with postgres:// or sqlite://");
         }
         if self.redis_url.is_some() && !self.redis_cluster_urls.is_empty() {
-            return bad("redis_url", "and redis_cluster_urls are both set; set only one");
+            return bad(
+                "redis_url",
+                "and redis_cluster_urls are both set; set only one",
+            );
         }
         for url in self.redis_url.iter().chain(&self.redis_cluster_urls) {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
@@ -339,16 +345,19 @@ impl Config {
                 "and jwt.jwks_url are both set; set only one key source",
             );
         }
-        if let Some(u) = &self.jwt.jwks_url {
-            if !(u.starts_with("https://") || u.starts_with("http://")) {
-                return bad("jwt.jwks_url", "must be an http(s) URL");
-            }
+        if let Some(u) = &self.jwt.jwks_url
+            && !(u.starts_with("https://") || u.starts_with("http://"))
+        {
+            return bad("jwt.jwks_url", "must be an http(s) URL");
         }
         if self.database.max_connections == 0 {
             return bad("database.max_connections", "must be at least 1");
         }
         if self.database.min_connections > self.database.max_connections {
-            return bad("database.min_connections", "must not exceed max_connections");
+            return bad(
+                "database.min_connections",
+                "must not exceed max_connections",
+            );
         }
         if self.database.acquire_timeout_ms == 0 {
             return bad("database.acquire_timeout_ms", "must be positive");
@@ -357,7 +366,10 @@ impl Config {
             return bad("cache.ttl_secs", "must be positive");
         }
         if self.cache.refresh_ahead_secs >= self.cache.ttl_secs {
-            return bad("cache.refresh_ahead_secs", "must be less than cache.ttl_secs");
+            return bad(
+                "cache.refresh_ahead_secs",
+                "must be less than cache.ttl_secs",
+            );
         }
         if self.cache.negative_ttl_secs > 30 {
             return bad("cache.negative_ttl_secs", "must be at most 30");
@@ -420,8 +432,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::load_from(|k| map.get(k).cloned())
     }
 
@@ -450,13 +464,20 @@ mod tests {
 
     #[test]
     fn bad_values_name_their_key() {
-        let e = load(&[("RATE_LIMIT_FAIL", "sometimes")]).unwrap_err().to_string();
-        assert!(e.contains("fail"), "{e}");
-        let e = load(&[("DATABASE_URL", "mysql://x")]).unwrap_err().to_string();
-        assert!(e.contains("database_url"), "{e}");
-        let e = load(&[("REDIS_URL", "redis://x"), ("REDIS_CLUSTER_URLS", "redis://y")])
+        let e = load(&[("RATE_LIMIT_FAIL", "sometimes")])
             .unwrap_err()
             .to_string();
+        assert!(e.contains("fail"), "{e}");
+        let e = load(&[("DATABASE_URL", "mysql://x")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("database_url"), "{e}");
+        let e = load(&[
+            ("REDIS_URL", "redis://x"),
+            ("REDIS_CLUSTER_URLS", "redis://y"),
+        ])
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("redis_url"), "{e}");
     }
 
@@ -469,7 +490,9 @@ mod tests {
         let c = load(&[("USER_API_CONFIG", f.to_str().unwrap())]).unwrap();
         assert_eq!(c.cache.ttl_secs, 120);
         std::fs::write(&f, "[cache]\nttl_secs = \"soon\"\n").unwrap();
-        let e = load(&[("USER_API_CONFIG", f.to_str().unwrap())]).unwrap_err().to_string();
+        let e = load(&[("USER_API_CONFIG", f.to_str().unwrap())])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("ttl_secs"), "{e}");
         std::fs::write(&f, "[cache]\nttl = 5\n").unwrap();
         assert!(load(&[("USER_API_CONFIG", f.to_str().unwrap())]).is_err());

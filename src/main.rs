@@ -10,7 +10,11 @@ use user_api::domain::UserId;
 use user_api::{App, db, pool_options, seed, telemetry};
 
 #[derive(Parser)]
-#[command(name = "user-api", version, about = "User profiles with a Redis cache and rate limits")]
+#[command(
+    name = "user-api",
+    version,
+    about = "User profiles with a Redis cache and rate limits"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -90,12 +94,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                     "`user-api token` signs with the dev-mode key only; a key source (JWT_PUBLIC_KEY_FILE or JWKS_URL) is configured, so tokens must come from the auth service"
                 );
             }
-            let sub: UserId = sub.parse().map_err(|_| anyhow::anyhow!("--sub must be a UUID"))?;
+            let sub: UserId = sub
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--sub must be a UUID"))?;
             let role = match role {
                 RoleArg::User => Role::User,
                 RoleArg::Admin => Role::Admin,
             };
-            let token = auth::dev::sign_token(&config.jwt.dev_keys_dir, sub, role, Duration::from(ttl))?;
+            let token = auth::dev::sign_token_for(&config.jwt, sub, role, Duration::from(ttl))?;
             println!("{token}");
             Ok(())
         }

@@ -8,7 +8,9 @@ use tracing_subscriber::EnvFilter;
 /// Installs the tracing subscriber (`RUST_LOG`, default `info`); JSON or human-readable.
 pub fn init_logging(format: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     let _ = if format == "json" {
         builder.json().flatten_event(true).try_init()
     } else {

@@ -20,7 +20,11 @@ fn claims(sub: &str) -> Value {
     json!({"sub": sub, "role": "user", "iat": now, "exp": now + 600})
 }
 
-async fn status_with(app: &TestApp, path: &str, auth: Option<&str>) -> (u16, Option<String>, Value) {
+async fn status_with(
+    app: &TestApp,
+    path: &str,
+    auth: Option<&str>,
+) -> (u16, Option<String>, Value) {
     let mut req = app.client.get(app.url(path));
     if let Some(a) = auth {
         req = req.header("authorization", a);
@@ -35,9 +39,13 @@ async fn status_with(app: &TestApp, path: &str, auth: Option<&str>) -> (u16, Opt
 }
 
 async fn assert_refused(app: &TestApp, token: &str, why: &str) {
-    let (s, www, body) = status_with(app, "/api/profiles/me", Some(&format!("Bearer {token}"))).await;
+    let (s, www, body) =
+        status_with(app, "/api/profiles/me", Some(&format!("Bearer {token}"))).await;
     assert_eq!(s, 401, "{why}: {body}");
-    assert!(www.unwrap_or_default().starts_with("Bearer"), "{why}: no WWW-Authenticate");
+    assert!(
+        www.unwrap_or_default().starts_with("Bearer"),
+        "{why}: no WWW-Authenticate"
+    );
     assert!(body["detail"].is_string());
     assert!(!body.to_string().contains(token), "{why}: token echoed");
 }
@@ -45,7 +53,14 @@ async fn assert_refused(app: &TestApp, token: &str, why: &str) {
 #[tokio::test]
 async fn missing_or_malformed_authorization() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    for auth in [None, Some(""), Some("Bearer"), Some("Bearer "), Some("Basic dXNlcjpwYXNz"), Some("bearer")] {
+    for auth in [
+        None,
+        Some(""),
+        Some("Bearer"),
+        Some("Bearer "),
+        Some("Basic dXNlcjpwYXNz"),
+        Some("bearer"),
+    ] {
         let (s, www, body) = status_with(&app, "/api/profiles/me", auth).await;
         assert_eq!(s, 401, "{auth:?}");
         assert_eq!(www.as_deref(), Some("Bearer"), "{auth:?}");
@@ -71,17 +86,25 @@ async fn refused_tokens() {
     assert_refused(&app, &sign(&no_exp), "no exp").await;
 
     let (other_private, _) = user_api::auth::generate_rsa_keypair().unwrap();
-    let wrong_key = user_api::auth::sign_rs256(other_private.as_bytes(), None, &claims(&sub)).unwrap();
+    let wrong_key =
+        user_api::auth::sign_rs256(other_private.as_bytes(), None, &claims(&sub)).unwrap();
     assert_refused(&app, &wrong_key, "wrong key").await;
 
-    let none = format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&claims(&sub)));
+    let none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&claims(&sub))
+    );
     assert_refused(&app, &none, "alg none").await;
 
     // HS256 keyed with the public key's bytes: the classic algorithm-confusion attack.
     let header = b64(&json!({"alg": "HS256", "typ": "JWT"}));
     let payload = b64(&claims(&sub));
     let signing_input = format!("{header}.{payload}");
-    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, common::keys().public_pem.as_bytes());
+    let key = aws_lc_rs::hmac::Key::new(
+        aws_lc_rs::hmac::HMAC_SHA256,
+        common::keys().public_pem.as_bytes(),
+    );
     let tag = aws_lc_rs::hmac::sign(&key, signing_input.as_bytes());
     let hs = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()));
     assert_refused(&app, &hs, "HS256 with public key").await;
@@ -94,7 +117,12 @@ async fn refused_tokens() {
     no_sub.as_object_mut().unwrap().remove("sub");
     assert_refused(&app, &sign(&no_sub), "no sub").await;
     assert_refused(&app, &sign(&claims("alice")), "non-UUID sub").await;
-    assert_refused(&app, &sign(&claims("550e8400e29b41d4a716446655440000")), "non-canonical sub").await;
+    assert_refused(
+        &app,
+        &sign(&claims("550e8400e29b41d4a716446655440000")),
+        "non-canonical sub",
+    )
+    .await;
 
     // Tampered payload.
     let good = token(UserId::random(), false);
@@ -117,14 +145,26 @@ async fn accepted_tokens_and_roles() {
     let other = UserId::random().to_string();
     let cases = [
         (json!({"sub": other, "exp": now + 60, "role": "admin"}), 200),
-        (json!({"sub": other, "exp": now + 60, "roles": ["reader", "super_admin"]}), 200),
-        (json!({"sub": other, "exp": now + 60, "roles": ["admin"]}), 200),
+        (
+            json!({"sub": other, "exp": now + 60, "roles": ["reader", "super_admin"]}),
+            200,
+        ),
+        (
+            json!({"sub": other, "exp": now + 60, "roles": ["admin"]}),
+            200,
+        ),
         (json!({"sub": other, "exp": now + 60, "role": "user"}), 403),
-        (json!({"sub": other, "exp": now + 60, "roles": ["user"]}), 403),
+        (
+            json!({"sub": other, "exp": now + 60, "roles": ["user"]}),
+            403,
+        ),
         (json!({"sub": other, "exp": now + 60}), 403),
         // No token_type is accepted; `access` is accepted; within the 60 s leeway is accepted.
         (json!({"sub": owner.to_string(), "exp": now + 60}), 200),
-        (json!({"sub": owner.to_string(), "exp": now + 60, "token_type": "access"}), 200),
+        (
+            json!({"sub": owner.to_string(), "exp": now + 60, "token_type": "access"}),
+            200,
+        ),
         (json!({"sub": owner.to_string(), "exp": now - 30}), 200),
     ];
     for (c, want) in cases {
@@ -155,11 +195,24 @@ async fn issuer_and_audience_when_configured() {
     };
     let ok = with(Some("https://auth.example"), Some(json!("user-api")));
     assert_eq!(app.get("/api/profiles/me", &ok).await.status(), 200);
-    let ok_array = with(Some("https://auth.example"), Some(json!(["other", "user-api"])));
+    let ok_array = with(
+        Some("https://auth.example"),
+        Some(json!(["other", "user-api"])),
+    );
     assert_eq!(app.get("/api/profiles/me", &ok_array).await.status(), 200);
-    assert_refused(&app, &with(Some("https://evil.example"), Some(json!("user-api"))), "wrong iss").await;
+    assert_refused(
+        &app,
+        &with(Some("https://evil.example"), Some(json!("user-api"))),
+        "wrong iss",
+    )
+    .await;
     assert_refused(&app, &with(None, Some(json!("user-api"))), "no iss").await;
-    assert_refused(&app, &with(Some("https://auth.example"), Some(json!("other"))), "wrong aud").await;
+    assert_refused(
+        &app,
+        &with(Some("https://auth.example"), Some(json!("other"))),
+        "wrong aud",
+    )
+    .await;
     assert_refused(&app, &with(Some("https://auth.example"), None), "no aud").await;
 }
 
@@ -199,11 +252,19 @@ async fn jwks_with_key_rotation() {
     let tok_a = user_api::auth::sign_rs256(priv_a.as_bytes(), Some("key-a"), &c).unwrap();
     let tok_b = user_api::auth::sign_rs256(priv_b.as_bytes(), Some("key-b"), &c).unwrap();
 
-    assert_eq!(app.get("/api/profiles/me", &tok_a).await.status(), 404, "key A verifies (no profile yet)");
+    assert_eq!(
+        app.get("/api/profiles/me", &tok_a).await.status(),
+        404,
+        "key A verifies (no profile yet)"
+    );
     assert_refused(&app, &tok_b, "key B not published yet").await;
     // The auth service rotates: B is published next to A, then A is retired.
     *served.lock().unwrap() = json!({"keys": [jwk_b.clone()]});
-    assert_eq!(app.get("/api/profiles/me", &tok_b).await.status(), 404, "unknown kid triggers a refetch");
+    assert_eq!(
+        app.get("/api/profiles/me", &tok_b).await.status(),
+        404,
+        "unknown kid triggers a refetch"
+    );
     let tok_a_unknown = user_api::auth::sign_rs256(priv_a.as_bytes(), Some("key-zzz"), &c).unwrap();
     assert_refused(&app, &tok_a_unknown, "unknown kid").await;
     // A kid that claims to be B but is signed by A.

@@ -45,8 +45,13 @@ async fn crud_round_trip(backend: Backend) {
     assert!(body["cached"].is_boolean());
 
     let (s, body) = json_of(
-        app.send_json(Method::PUT, &format!("/api/profiles/{id}"), &t, &json!({"name": "Taro"}))
-            .await,
+        app.send_json(
+            Method::PUT,
+            &format!("/api/profiles/{id}"),
+            &t,
+            &json!({"name": "Taro"}),
+        )
+        .await,
     )
     .await;
     assert_eq!(s, 200);
@@ -55,7 +60,10 @@ async fn crud_round_trip(backend: Backend) {
     assert_eq!(body["profile"]["first_name"], "太郎");
 
     let (_, body) = json_of(app.get(&format!("/api/profiles/{id}"), &t).await).await;
-    assert_eq!(body["profile"]["name"], "Taro", "a read after a write sees the write");
+    assert_eq!(
+        body["profile"]["name"], "Taro",
+        "a read after a write sees the write"
+    );
 
     let res = app.delete(&format!("/api/profiles/{id}"), &t).await;
     assert_eq!(res.status(), 204);
@@ -100,31 +108,52 @@ async fn owner_or_admin_only(backend: Backend) {
     let path = format!("/api/profiles/{alice}");
     assert_eq!(app.get(&path, &tb).await.status(), 403);
     assert_eq!(
-        app.send_json(Method::PUT, &path, &tb, &json!({"name": "x"})).await.status(),
+        app.send_json(Method::PUT, &path, &tb, &json!({"name": "x"}))
+            .await
+            .status(),
         403
     );
     assert_eq!(app.delete(&path, &tb).await.status(), 403);
-    assert_eq!(app.get(&format!("{path}/settings"), &tb).await.status(), 403);
+    assert_eq!(
+        app.get(&format!("{path}/settings"), &tb).await.status(),
+        403
+    );
     // A user may not create someone else's profile; an admin may.
     let other = UserId::random();
     let res = app
-        .send_json(Method::POST, "/api/profiles", &tb, &json!({"user_id": other.to_string()}))
+        .send_json(
+            Method::POST,
+            "/api/profiles",
+            &tb,
+            &json!({"user_id": other.to_string()}),
+        )
         .await;
     assert_eq!(res.status(), 403);
     let res = app
-        .send_json(Method::POST, "/api/profiles", &ta, &json!({"user_id": other.to_string()}))
+        .send_json(
+            Method::POST,
+            "/api/profiles",
+            &ta,
+            &json!({"user_id": other.to_string()}),
+        )
         .await;
     assert_eq!(res.status(), 201);
     assert_eq!(app.get(&path, &ta).await.status(), 200);
     let (s, _) = json_of(
-        app.send_json(Method::PATCH, &path, &ta, &json!({"name": "by admin"})).await,
+        app.send_json(Method::PATCH, &path, &ta, &json!({"name": "by admin"}))
+            .await,
     )
     .await;
     assert_eq!(s, 200);
     // Batch is for admins.
     let (s, _) = json_of(
-        app.send_json(Method::POST, "/api/profiles/batch", &tb, &json!([alice.to_string()]))
-            .await,
+        app.send_json(
+            Method::POST,
+            "/api/profiles/batch",
+            &tb,
+            &json!([alice.to_string()]),
+        )
+        .await,
     )
     .await;
     assert_eq!(s, 403);
@@ -135,11 +164,15 @@ async fn partial_update_semantics(backend: Backend) {
     let id = UserId::random();
     let t = token(id, false);
     let before = app
-        .create_profile(id, json!({"name": "n", "phone": "1", "email": "a@example.com"}))
+        .create_profile(
+            id,
+            json!({"name": "n", "phone": "1", "email": "a@example.com"}),
+        )
         .await;
     let path = format!("/api/profiles/{id}");
     let (s, body) = json_of(
-        app.send_json(Method::PATCH, &path, &t, &json!({"phone": null})).await,
+        app.send_json(Method::PATCH, &path, &t, &json!({"phone": null}))
+            .await,
     )
     .await;
     assert_eq!(s, 200);
@@ -150,13 +183,22 @@ async fn partial_update_semantics(backend: Backend) {
     assert_eq!(p["created_at"], before["created_at"]);
     assert!(p["updated_at"].as_str().unwrap() >= before["updated_at"].as_str().unwrap());
     let (s, _) = json_of(
-        app.send_json(Method::PUT, &format!("/api/profiles/{}", UserId::random()), &token(UserId::random(), true), &json!({"name": "x"}))
-            .await,
+        app.send_json(
+            Method::PUT,
+            &format!("/api/profiles/{}", UserId::random()),
+            &token(UserId::random(), true),
+            &json!({"name": "x"}),
+        )
+        .await,
     )
     .await;
     assert_eq!(s, 404);
     // Read-only and unknown fields are refused, not ignored.
-    for body in [json!({"last_login": null}), json!({"user_id": id.to_string()}), json!({"nickname": "x"})] {
+    for body in [
+        json!({"last_login": null}),
+        json!({"user_id": id.to_string()}),
+        json!({"nickname": "x"}),
+    ] {
         let (s, b) = json_of(app.send_json(Method::PUT, &path, &t, &body).await).await;
         assert_eq!(s, 422, "{body}: {b}");
     }
@@ -165,30 +207,52 @@ async fn partial_update_semantics(backend: Backend) {
 async fn email_conflicts(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let (a, b) = (UserId::random(), UserId::random());
-    app.create_profile(a, json!({"email": "same@example.com"})).await;
+    app.create_profile(a, json!({"email": "same@example.com"}))
+        .await;
     let (s, body) = json_of(
-        app.send_json(Method::POST, "/api/profiles", &token(b, false), &json!({"email": "SAME@example.com"}))
-            .await,
+        app.send_json(
+            Method::POST,
+            "/api/profiles",
+            &token(b, false),
+            &json!({"email": "SAME@example.com"}),
+        )
+        .await,
     )
     .await;
     assert_eq!(s, 409, "{body}");
-    app.create_profile(b, json!({"email": "b@example.com"})).await;
+    app.create_profile(b, json!({"email": "b@example.com"}))
+        .await;
     let (s, _) = json_of(
-        app.send_json(Method::PUT, &format!("/api/profiles/{b}"), &token(b, false), &json!({"email": "same@example.com"}))
-            .await,
+        app.send_json(
+            Method::PUT,
+            &format!("/api/profiles/{b}"),
+            &token(b, false),
+            &json!({"email": "same@example.com"}),
+        )
+        .await,
     )
     .await;
     assert_eq!(s, 409);
     // Clearing frees the address.
     let (s, _) = json_of(
-        app.send_json(Method::PUT, &format!("/api/profiles/{a}"), &token(a, false), &json!({"email": null}))
-            .await,
+        app.send_json(
+            Method::PUT,
+            &format!("/api/profiles/{a}"),
+            &token(a, false),
+            &json!({"email": null}),
+        )
+        .await,
     )
     .await;
     assert_eq!(s, 200);
     let (s, _) = json_of(
-        app.send_json(Method::PUT, &format!("/api/profiles/{b}"), &token(b, false), &json!({"email": "same@example.com"}))
-            .await,
+        app.send_json(
+            Method::PUT,
+            &format!("/api/profiles/{b}"),
+            &token(b, false),
+            &json!({"email": "same@example.com"}),
+        )
+        .await,
     )
     .await;
     assert_eq!(s, 200);
@@ -202,7 +266,11 @@ async fn documents(backend: Backend) {
         let path = format!("/api/profiles/{id}/{kind}");
         let (s, _) = json_of(app.get(&path, &t).await).await;
         assert_eq!(s, 404, "no profile yet");
-        let (s, _) = json_of(app.send_json(Method::PUT, &path, &t, &json!({"a": 1})).await).await;
+        let (s, _) = json_of(
+            app.send_json(Method::PUT, &path, &t, &json!({"a": 1}))
+                .await,
+        )
+        .await;
         assert_eq!(s, 404, "no profile yet");
     }
     app.create_profile(id, json!({})).await;
@@ -219,18 +287,32 @@ async fn documents(backend: Backend) {
         let (_, body) = json_of(app.get(&path, &t).await).await;
         assert_eq!(body[kind], doc);
         // Replace, not merge.
-        let (_, body) = json_of(app.send_json(Method::PUT, &path, &t, &json!({"b": 2})).await).await;
+        let (_, body) = json_of(
+            app.send_json(Method::PUT, &path, &t, &json!({"b": 2}))
+                .await,
+        )
+        .await;
         assert_eq!(body[kind], json!({"b": 2}));
         let (_, body) = json_of(app.get(&path, &t).await).await;
         assert_eq!(body[kind], json!({"b": 2}));
         // Not an object, too large, NUL: 422.
-        for bad in [json!([1, 2]), json!("x"), json!({"big": "x".repeat(17 * 1024)}), json!({"nul": "a\u{0}b"})] {
+        for bad in [
+            json!([1, 2]),
+            json!("x"),
+            json!({"big": "x".repeat(17 * 1024)}),
+            json!({"nul": "a\u{0}b"}),
+        ] {
             let (s, b) = json_of(app.send_json(Method::PUT, &path, &t, &bad).await).await;
             assert_eq!(s, 422, "{b}");
         }
     }
     // Deleting the profile deletes its documents.
-    assert_eq!(app.delete(&format!("/api/profiles/{id}"), &t).await.status(), 204);
+    assert_eq!(
+        app.delete(&format!("/api/profiles/{id}"), &t)
+            .await
+            .status(),
+        204
+    );
     app.create_profile(id, json!({})).await;
     let (_, body) = json_of(app.get(&format!("/api/profiles/{id}/settings"), &t).await).await;
     assert_eq!(body["settings"], json!({}));
@@ -240,16 +322,28 @@ async fn compat_routes(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let id = UserId::random();
     let t = token(id, false);
-    let (s, _) = json_of(app.send_json(Method::PUT, "/profile", &t, &json!({"name": "x"})).await).await;
+    let (s, _) = json_of(
+        app.send_json(Method::PUT, "/profile", &t, &json!({"name": "x"}))
+            .await,
+    )
+    .await;
     assert_eq!(s, 404, "PUT /profile needs an existing profile");
     let (s, body) = json_of(app.get("/profile", &t).await).await;
     assert_eq!(s, 200);
     assert_eq!(body["user_id"], id.to_string(), "bare profile object");
     assert_eq!(body["name"], Value::Null);
-    let (s, body) = json_of(app.send_json(Method::POST, "/profile", &t, &json!({"name": "compat"})).await).await;
+    let (s, body) = json_of(
+        app.send_json(Method::POST, "/profile", &t, &json!({"name": "compat"}))
+            .await,
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(body["name"], "compat");
-    let (s, body) = json_of(app.send_json(Method::PUT, "/profile", &t, &json!({"phone": "1"})).await).await;
+    let (s, body) = json_of(
+        app.send_json(Method::PUT, "/profile", &t, &json!({"phone": "1"}))
+            .await,
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(body["name"], "compat");
     assert_eq!(body["phone"], "1");
@@ -257,12 +351,38 @@ async fn compat_routes(backend: Backend) {
     assert_eq!(body["profile"]["phone"], "1", "same data as /api/profiles");
     // POST upserts for a new user too.
     let other = UserId::random();
-    let (s, body) = json_of(app.send_json(Method::POST, "/profile", &token(other, false), &json!({"name": "new"})).await).await;
+    let (s, body) = json_of(
+        app.send_json(
+            Method::POST,
+            "/profile",
+            &token(other, false),
+            &json!({"name": "new"}),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(body["name"], "new");
-    let (s, _) = json_of(app.send_json(Method::POST, "/profile", &t, &json!({"user_id": other.to_string()})).await).await;
+    let (s, _) = json_of(
+        app.send_json(
+            Method::POST,
+            "/profile",
+            &t,
+            &json!({"user_id": other.to_string()}),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(s, 403);
-    assert_eq!(app.client.get(app.url("/profile")).send().await.unwrap().status(), 401);
+    assert_eq!(
+        app.client
+            .get(app.url("/profile"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
 }
 
 async fn batch_reads(backend: Backend) {
@@ -270,35 +390,74 @@ async fn batch_reads(backend: Backend) {
     let admin = token(UserId::random(), true);
     let ids: Vec<UserId> = (0..5).map(|_| UserId::random()).collect();
     for (i, id) in ids.iter().enumerate() {
-        app.create_profile(*id, json!({"name": format!("u{i}")})).await;
+        app.create_profile(*id, json!({"name": format!("u{i}")}))
+            .await;
     }
     let missing = UserId::random();
     let mut sent: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
     sent.push(ids[0].to_string());
     sent.push(missing.to_string());
     for body in [json!(sent), json!({"user_ids": sent})] {
-        let (s, out) = json_of(app.send_json(Method::POST, "/api/profiles/batch", &admin, &body).await).await;
+        let (s, out) = json_of(
+            app.send_json(Method::POST, "/api/profiles/batch", &admin, &body)
+                .await,
+        )
+        .await;
         assert_eq!(s, 200, "{out}");
         assert_eq!(out["count"], 5);
         assert_eq!(out["profiles"].as_array().unwrap().len(), 5);
-        assert_eq!(out["profiles"][0]["user_id"], ids[0].to_string(), "order as sent");
+        assert_eq!(
+            out["profiles"][0]["user_id"],
+            ids[0].to_string(),
+            "order as sent"
+        );
         assert_eq!(out["not_found"], json!([missing.to_string()]));
         let hits = out["cache_hits"].as_u64().unwrap();
         let misses = out["cache_misses"].as_u64().unwrap();
-        assert_eq!(hits + misses, 6, "duplicates counted once; not-found counts as a miss");
+        assert_eq!(
+            hits + misses,
+            6,
+            "duplicates counted once; not-found counts as a miss"
+        );
     }
     let hundred: Vec<String> = (0..100).map(|_| UserId::random().to_string()).collect();
-    let (s, _) = json_of(app.send_json(Method::POST, "/api/profiles/batch", &admin, &json!(hundred)).await).await;
+    let (s, _) = json_of(
+        app.send_json(Method::POST, "/api/profiles/batch", &admin, &json!(hundred))
+            .await,
+    )
+    .await;
     assert_eq!(s, 200);
     // 101 as sent, even if they are duplicates.
     let too_many: Vec<String> = (0..101).map(|_| ids[0].to_string()).collect();
-    let (s, _) = json_of(app.send_json(Method::POST, "/api/profiles/batch", &admin, &json!(too_many)).await).await;
+    let (s, _) = json_of(
+        app.send_json(
+            Method::POST,
+            "/api/profiles/batch",
+            &admin,
+            &json!(too_many),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(s, 422);
-    for bad in [json!(["not-a-uuid"]), json!([1]), json!({"ids": []}), json!("x")] {
-        let (s, b) = json_of(app.send_json(Method::POST, "/api/profiles/batch", &admin, &bad).await).await;
+    for bad in [
+        json!(["not-a-uuid"]),
+        json!([1]),
+        json!({"ids": []}),
+        json!("x"),
+    ] {
+        let (s, b) = json_of(
+            app.send_json(Method::POST, "/api/profiles/batch", &admin, &bad)
+                .await,
+        )
+        .await;
         assert_eq!(s, 422, "{bad}: {b}");
     }
-    let (s, out) = json_of(app.send_json(Method::POST, "/api/profiles/batch", &admin, &json!([])).await).await;
+    let (s, out) = json_of(
+        app.send_json(Method::POST, "/api/profiles/batch", &admin, &json!([]))
+            .await,
+    )
+    .await;
     assert_eq!((s, out["count"].as_u64()), (200, Some(0)));
 }
 
@@ -313,8 +472,17 @@ async fn input_limits(backend: Backend) {
     let (s, b) = json_of(app.send_json(Method::PUT, &path, &t, &big).await).await;
     assert_eq!(s, 413, "{b}");
     // Non-UUID ids: 422, on every route with an id.
-    for bad in ["123", "not-a-uuid", "550e8400e29b41d4a716446655440000", "%27%3B%20DROP%20TABLE%20profiles"] {
-        for p in [format!("/api/profiles/{bad}"), format!("/api/profiles/{bad}/settings"), format!("/api/profiles/{bad}/preferences")] {
+    for bad in [
+        "123",
+        "not-a-uuid",
+        "550e8400e29b41d4a716446655440000",
+        "%27%3B%20DROP%20TABLE%20profiles",
+    ] {
+        for p in [
+            format!("/api/profiles/{bad}"),
+            format!("/api/profiles/{bad}/settings"),
+            format!("/api/profiles/{bad}/preferences"),
+        ] {
             let (s, b) = json_of(app.get(&p, &t).await).await;
             assert_eq!(s, 422, "{p}: {b}");
         }
@@ -340,7 +508,16 @@ async fn input_limits(backend: Backend) {
         let (s, b) = json_of(app.send_json(Method::PATCH, &path, &t, &body).await).await;
         assert_eq!(s, 422, "{body}: {b}");
         assert!(b["detail"].is_string());
-        let (s, _) = json_of(app.send_json(Method::POST, "/api/profiles", &token(UserId::random(), false), &body).await).await;
+        let (s, _) = json_of(
+            app.send_json(
+                Method::POST,
+                "/api/profiles",
+                &token(UserId::random(), false),
+                &body,
+            )
+            .await,
+        )
+        .await;
         assert_eq!(s, 422, "create {body}");
     }
     // At the limits: accepted.
@@ -377,7 +554,13 @@ async fn malformed_and_wrong_content_type(backend: Backend) {
     let t = token(id, false);
     app.create_profile(id, json!({})).await;
     let path = format!("/api/profiles/{id}");
-    for raw in ["{", "{\"name\": }", "", "nul\u{0}", "{\"name\": \"x\"} trailing"] {
+    for raw in [
+        "{",
+        "{\"name\": }",
+        "",
+        "nul\u{0}",
+        "{\"name\": \"x\"} trailing",
+    ] {
         let res = app
             .client
             .put(app.url(&path))
@@ -400,7 +583,14 @@ async fn malformed_and_wrong_content_type(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(json_of(res).await.0, 415);
-    let res = app.client.put(app.url(&path)).bearer_auth(&t).body("{}").send().await.unwrap();
+    let res = app
+        .client
+        .put(app.url(&path))
+        .bearer_auth(&t)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(json_of(res).await.0, 415);
     // Invalid UTF-8 in a JSON body.
     let res = app
@@ -408,7 +598,9 @@ async fn malformed_and_wrong_content_type(backend: Backend) {
         .put(app.url(&path))
         .bearer_auth(&t)
         .header("content-type", "application/json")
-        .body(vec![b'{', b'"', b'n', b'a', b'm', b'e', b'"', b':', b'"', 0xff, 0xfe, b'"', b'}'])
+        .body(vec![
+            b'{', b'"', b'n', b'a', b'm', b'e', b'"', b':', b'"', 0xff, 0xfe, b'"', b'}',
+        ])
         .send()
         .await
         .unwrap();
@@ -430,11 +622,27 @@ async fn unknown_routes_and_methods_are_json(backend: Backend) {
     let (s, b) = json_of(app.client.get(app.url("/ready")).send().await.unwrap()).await;
     assert_eq!(s, 200);
     assert_eq!(b["database"], "ok");
-    let (s, doc) = json_of(app.client.get(app.url("/openapi.json")).send().await.unwrap()).await;
+    let (s, doc) = json_of(
+        app.client
+            .get(app.url("/openapi.json"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(s, 200);
-    for p in ["/api/profiles/{user_id}", "/api/profiles/me", "/api/profiles", "/api/profiles/batch",
-              "/api/profiles/{user_id}/settings", "/api/profiles/{user_id}/preferences", "/profile",
-              "/health", "/ready", "/metrics"] {
+    for p in [
+        "/api/profiles/{user_id}",
+        "/api/profiles/me",
+        "/api/profiles",
+        "/api/profiles/batch",
+        "/api/profiles/{user_id}/settings",
+        "/api/profiles/{user_id}/preferences",
+        "/profile",
+        "/health",
+        "/ready",
+        "/metrics",
+    ] {
         assert!(doc["paths"][p].is_object(), "{p} missing from OpenAPI");
     }
     let res = app.client.get(app.url("/docs/")).send().await.unwrap();

@@ -61,7 +61,9 @@ pub async fn batch_profiles(
 ) -> Result<Json<BatchResponse>, ApiError> {
     require_admin(&caller)?;
     let raw = match body.parse::<BatchRequest>() {
-        Ok(BatchRequest::List(ids)) | Ok(BatchRequest::Wrapped(WrappedIds { user_ids: ids })) => ids,
+        Ok(BatchRequest::List(ids)) | Ok(BatchRequest::Wrapped(WrappedIds { user_ids: ids })) => {
+            ids
+        }
         Err(ApiError::Unprocessable(_)) => {
             return Err(ApiError::Unprocessable(
                 "body must be an array of user ids or {\"user_ids\": [...]}".into(),

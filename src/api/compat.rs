@@ -29,7 +29,11 @@ pub async fn get_own(
     if let Some(found) = state.profiles.get(caller.user_id).await? {
         return Ok(Json(found.value));
     }
-    match state.profiles.create(caller.user_id, &NewProfile::default()).await {
+    match state
+        .profiles
+        .create(caller.user_id, &NewProfile::default())
+        .await
+    {
         Ok(p) => Ok(Json(p)),
         // Two first requests raced; the other one created it.
         Err(DbError::AlreadyExists) => state

@@ -20,7 +20,12 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_preferences, put_preferences))
 }
 
-async fn read(state: &AppState, caller: &Caller, raw: &str, kind: DocumentKind) -> Result<Json<Value>, ApiError> {
+async fn read(
+    state: &AppState,
+    caller: &Caller,
+    raw: &str,
+    kind: DocumentKind,
+) -> Result<Json<Value>, ApiError> {
     let id = parse_user_id(raw)?;
     authorize(caller, id)?;
     let doc = state
@@ -28,7 +33,9 @@ async fn read(state: &AppState, caller: &Caller, raw: &str, kind: DocumentKind) 
         .document(kind, id)
         .await?
         .ok_or(ApiError::NotFound("Profile not found"))?;
-    Ok(Json(json!({ kind.as_str(): doc.value, "cached": doc.cached_at.is_some() })))
+    Ok(Json(
+        json!({ kind.as_str(): doc.value, "cached": doc.cached_at.is_some() }),
+    ))
 }
 
 async fn replace(
@@ -108,4 +115,3 @@ pub async fn put_preferences(
 ) -> Result<Json<Value>, ApiError> {
     replace(&state, &caller, &raw, DocumentKind::Preferences, &body).await
 }
-

@@ -61,7 +61,10 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
                 Err(ApiError::PayloadTooLarge)
             }
-            Err(e) => Err(ApiError::BadRequest(format!("Could not read body: {}", e.body_text()))),
+            Err(e) => Err(ApiError::BadRequest(format!(
+                "Could not read body: {}",
+                e.body_text()
+            ))),
         }
     }
 }

@@ -19,7 +19,12 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_profile))
         .routes(routes!(get_me))
-        .routes(routes!(get_profile, update_profile, patch_profile, delete_profile))
+        .routes(routes!(
+            get_profile,
+            update_profile,
+            patch_profile,
+            delete_profile
+        ))
 }
 
 async fn read(state: &AppState, id: UserId) -> Result<Json<ProfileRead>, ApiError> {
@@ -75,7 +80,11 @@ pub async fn create_profile(
     if let Ok(v) = HeaderValue::from_str(&format!("/api/profiles/{id}")) {
         headers.insert(header::LOCATION, v);
     }
-    Ok((StatusCode::CREATED, headers, Json(ProfileCreated { profile })))
+    Ok((
+        StatusCode::CREATED,
+        headers,
+        Json(ProfileCreated { profile }),
+    ))
 }
 
 async fn apply_update(

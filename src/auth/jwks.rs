@@ -54,6 +54,11 @@ impl KeySet {
         match kid {
             Some(kid) => match self.by_kid.get(kid) {
                 Some(key) => Lookup::Found(key.clone()),
+                // Issuers that publish one key without a `kid` still stamp one on tokens;
+                // the signature check decides, so trying that lone key is safe.
+                None if self.by_kid.is_empty() && self.unnamed.len() == 1 => {
+                    Lookup::Found(self.unnamed[0].clone())
+                }
                 None => Lookup::UnknownKid,
             },
             None if self.len() == 1 => match (self.by_kid.values().next(), self.unnamed.first()) {
@@ -351,6 +356,16 @@ mod tests {
         assert!(matches!(set.find(None), Lookup::Ambiguous));
         assert!(matches!(set.find(Some("a")), Lookup::Found(_)));
         assert!(matches!(set.find(Some("ec")), Lookup::UnknownKid));
+    }
+
+    #[test]
+    fn lone_kidless_key_serves_any_kid() {
+        let (_, public) = generate_rsa_keypair().expect("keygen");
+        let mut jwk = public_jwk(public.as_bytes(), "x").expect("jwk");
+        jwk.as_object_mut().map(|o| o.remove("kid"));
+        let set = parse_jwks(json!({"keys": [jwk]}).to_string().as_bytes()).expect("set");
+        assert!(matches!(set.find(Some("anything")), Lookup::Found(_)));
+        assert!(matches!(set.find(None), Lookup::Found(_)));
     }
 
     #[test]

@@ -95,6 +95,7 @@ pub fn sign_rs256(
     kid: Option<&str>,
     claims: &serde_json::Value,
 ) -> Result<String, AuthSetupError> {
+    super::ensure_jwt_crypto();
     // Parsed by aws-lc first so a bad key gets a precise message, not jsonwebtoken's generic one.
     key_pair_from_private_pem(private_pem)?;
     let key = EncodingKey::from_rsa_pem(private_pem)
@@ -106,6 +107,7 @@ pub fn sign_rs256(
 
 /// The public JWK (`kty` RSA, `use` sig, `alg` RS256, `kid`) for an RSA public key PEM.
 pub fn public_jwk(public_pem: &[u8], kid: &str) -> Result<serde_json::Value, AuthSetupError> {
+    super::ensure_jwt_crypto();
     let key = decoding_key_from_public_pem(public_pem).map_err(AuthSetupError::InvalidKey)?;
     let mut jwk = Jwk::from_decoding_key(&key, Some(Algorithm::RS256))
         .map_err(|e| AuthSetupError::InvalidKey(e.to_string()))?;

@@ -249,6 +249,7 @@ impl Authenticator {
     }
 
     fn build(mode: KeyMode, source: KeySource, cfg: &JwtConfig) -> Self {
+        ensure_jwt_crypto();
         let mut validation = Validation::new(Algorithm::RS256);
         validation.leeway = cfg.leeway_secs;
         validation.validate_exp = true;
@@ -333,6 +334,18 @@ pub fn bearer_token(header_value: &str) -> Result<&str, AuthError> {
         return Err(AuthError::Missing);
     }
     Ok(token)
+}
+
+/// Pins jsonwebtoken to aws-lc-rs: its automatic choice panics at first use if another
+/// crate in the build ever enables its `rust_crypto` feature as well.
+pub(crate) fn ensure_jwt_crypto() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err only means a provider is already installed, which is what we want.
+        let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
+            &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,
+        );
+    });
 }
 
 fn non_empty(v: &Option<String>) -> Option<&str> {

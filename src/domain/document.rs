@@ -46,7 +46,10 @@ impl Document {
             ));
         }
         if text.contains("\\u0000") {
-            return Err(ValidationError::new("body", "must not contain NUL characters"));
+            return Err(ValidationError::new(
+                "body",
+                "must not contain NUL characters",
+            ));
         }
         Ok(())
     }

@@ -55,7 +55,11 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_addresses() {
-        for ok in ["taro@example.com", "a.b+tag@sub.example.co.jp", "太郎@例え.jp"] {
+        for ok in [
+            "taro@example.com",
+            "a.b+tag@sub.example.co.jp",
+            "太郎@例え.jp",
+        ] {
             assert!(Email::parse(ok).is_ok(), "{ok} refused");
         }
     }

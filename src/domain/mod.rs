@@ -44,7 +44,10 @@ pub fn check_text(field: &str, value: &str, max_chars: usize) -> Result<(), Vali
         ));
     }
     if value.contains('\0') {
-        return Err(ValidationError::new(field, "must not contain NUL characters"));
+        return Err(ValidationError::new(
+            field,
+            "must not contain NUL characters",
+        ));
     }
     Ok(())
 }

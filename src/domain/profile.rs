@@ -203,8 +203,7 @@ pub fn parse_date(s: &str) -> Result<NaiveDate, ValidationError> {
     let shape_ok = b.len() == 10
         && b[4] == b'-'
         && b[7] == b'-'
-        && b
-            .iter()
+        && b.iter()
             .enumerate()
             .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit());
     if !shape_ok {
@@ -245,7 +244,10 @@ pub mod timestamp {
         use super::*;
 
         /// Serde serializer for `Option<DateTime<Utc>>`.
-        pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        pub fn serialize<S: Serializer>(
+            t: &Option<DateTime<Utc>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
             match t {
                 Some(t) => s.serialize_str(&super::format(t)),
                 None => s.serialize_none(),
@@ -268,7 +270,15 @@ mod tests {
     #[test]
     fn strict_dates() {
         assert!(parse_date("1990-01-01").is_ok());
-        for bad in ["1990-1-01", "1990-13-01", "1990-02-30", "19900101", "1990-01-01T00:00:00", "+1990-01-0", "3000-01-01"] {
+        for bad in [
+            "1990-1-01",
+            "1990-13-01",
+            "1990-02-30",
+            "19900101",
+            "1990-01-01T00:00:00",
+            "+1990-01-0",
+            "3000-01-01",
+        ] {
             assert!(parse_date(bad).is_err(), "{bad} accepted");
         }
     }
@@ -291,11 +301,20 @@ mod tests {
 
     #[test]
     fn length_limits_count_characters() {
-        let ok = ProfileInput { name: Some("界".repeat(255)), ..Default::default() };
+        let ok = ProfileInput {
+            name: Some("界".repeat(255)),
+            ..Default::default()
+        };
         assert!(ok.validate().is_ok());
-        let long = ProfileInput { name: Some("a".repeat(256)), ..Default::default() };
+        let long = ProfileInput {
+            name: Some("a".repeat(256)),
+            ..Default::default()
+        };
         assert!(long.validate().is_err());
-        let addr = ProfileInput { address: Some("a".repeat(1000)), ..Default::default() };
+        let addr = ProfileInput {
+            address: Some("a".repeat(1000)),
+            ..Default::default()
+        };
         assert!(addr.validate().is_ok());
     }
 }

@@ -7,7 +7,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub fn pg_admin_url() -> String {
     std::env::var("TEST_PG_ADMIN_URL")
         .ok()
-        .or_else(|| std::env::var("DATABASE_URL").ok().filter(|u| u.starts_with("postgres")))
+        .or_else(|| {
+            std::env::var("DATABASE_URL")
+                .ok()
+                .filter(|u| u.starts_with("postgres"))
+        })
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
