@@ -13,7 +13,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Document, DocumentKind, JsonObject, NewProfile, Profile, ProfilePatch, UserId};
+use crate::domain::{
+    Document, DocumentKind, JsonObject, NewProfile, Profile, ProfilePatch, UserId,
+};
 
 pub use postgres::PostgresRepo;
 pub use sqlite::SqliteRepo;
@@ -152,17 +154,26 @@ pub trait ProfileRepo: Send + Sync + 'static {
     async fn create(&self, id: UserId, new: &NewProfile) -> Result<Written<Profile>, DbError>;
     /// Applies a partial update; `None` when there is no such profile.
     /// An empty patch still bumps `updated_at`.
-    async fn update(&self, id: UserId, patch: &ProfilePatch)
-    -> Result<Option<Written<Profile>>, DbError>;
+    async fn update(
+        &self,
+        id: UserId,
+        patch: &ProfilePatch,
+    ) -> Result<Option<Written<Profile>>, DbError>;
     /// Creates the profile with the patch's fields, or updates it; `true` when created.
-    async fn upsert(&self, id: UserId, patch: &ProfilePatch)
-    -> Result<Written<(Profile, bool)>, DbError>;
+    async fn upsert(
+        &self,
+        id: UserId,
+        patch: &ProfilePatch,
+    ) -> Result<Written<(Profile, bool)>, DbError>;
     /// Deletes the profile and its documents; `None` when there was nothing to delete.
     async fn delete(&self, id: UserId) -> Result<Option<Written<()>>, DbError>;
 
     /// A user's document (`{}` when never written); `None` when there is no profile.
-    async fn fetch_document(&self, kind: DocumentKind, id: UserId)
-    -> Result<Option<Document>, DbError>;
+    async fn fetch_document(
+        &self,
+        kind: DocumentKind,
+        id: UserId,
+    ) -> Result<Option<Document>, DbError>;
     /// Replaces a user's document; `None` when there is no profile.
     async fn replace_document(
         &self,
@@ -173,10 +184,17 @@ pub trait ProfileRepo: Send + Sync + 'static {
 
     /// Sets `last_login` to `at` unless it is already within an hour of it; leaves
     /// `updated_at` alone. `None` when nothing changed.
-    async fn record_login(&self, id: UserId, at: DateTime<Utc>)
-    -> Result<Option<Written<()>>, DbError>;
+    async fn record_login(
+        &self,
+        id: UserId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Written<()>>, DbError>;
     /// Up to `limit` profiles with `last_login` after `since`, most recent first.
-    async fn recent_logins(&self, since: DateTime<Utc>, limit: u32) -> Result<Vec<Profile>, DbError>;
+    async fn recent_logins(
+        &self,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<Profile>, DbError>;
     /// Bulk insert of complete profiles (seeding); existing ids are skipped. Returns rows inserted.
     async fn insert_many(&self, profiles: &[Profile]) -> Result<u64, DbError>;
 
