@@ -43,16 +43,23 @@ enum Kind {
     Write,
 }
 
-async fn run(
-    name: &'static str,
-    kind: Kind,
-    client: &reqwest::Client,
-    base: &str,
-    token: &str,
+/// What every scenario shares.
+struct Target {
+    client: reqwest::Client,
+    base: String,
+    token: String,
     ids: Arc<Vec<String>>,
     concurrency: usize,
-    duration: Duration,
-) -> Outcome {
+}
+
+async fn run(name: &'static str, kind: Kind, t: &Target, duration: Duration) -> Outcome {
+    let (client, base, token, ids, concurrency) = (
+        &t.client,
+        t.base.as_str(),
+        t.token.as_str(),
+        t.ids.clone(),
+        t.concurrency,
+    );
     let next = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + duration;
     let started = Instant::now();
@@ -148,73 +155,22 @@ async fn main() {
         .pool_max_idle_per_host(concurrency)
         .build()
         .expect("client");
+    let target = Target {
+        client,
+        base,
+        token,
+        ids,
+        concurrency,
+    };
 
     // Warm the hot set (first 1000 ids) so the hot scenarios are pure cache hits.
-    let _ = run(
-        "warm-up",
-        Kind::HotGet,
-        &client,
-        &base,
-        &token,
-        ids.clone(),
-        concurrency,
-        Duration::from_secs(2),
-    )
-    .await;
+    let _ = run("warm-up", Kind::HotGet, &target, Duration::from_secs(2)).await;
 
     let mut outcomes = Vec::new();
-    outcomes.push(
-        run(
-            "GET cached (hit)",
-            Kind::HotGet,
-            &client,
-            &base,
-            &token,
-            ids.clone(),
-            concurrency,
-            dur,
-        )
-        .await,
-    );
-    outcomes.push(
-        run(
-            "GET uncached (miss + fill)",
-            Kind::ColdGet,
-            &client,
-            &base,
-            &token,
-            ids.clone(),
-            concurrency,
-            dur,
-        )
-        .await,
-    );
-    outcomes.push(
-        run(
-            "POST batch of 100 (cached)",
-            Kind::Batch,
-            &client,
-            &base,
-            &token,
-            ids.clone(),
-            concurrency,
-            dur,
-        )
-        .await,
-    );
-    outcomes.push(
-        run(
-            "PATCH (write + invalidate)",
-            Kind::Write,
-            &client,
-            &base,
-            &token,
-            ids.clone(),
-            concurrency,
-            dur,
-        )
-        .await,
-    );
+    outcomes.push(run("GET cached (hit)", Kind::HotGet, &target, dur).await);
+    outcomes.push(run("GET uncached (miss + fill)", Kind::ColdGet, &target, dur).await);
+    outcomes.push(run("POST batch of 100 (cached)", Kind::Batch, &target, dur).await);
+    outcomes.push(run("PATCH (write + invalidate)", Kind::Write, &target, dur).await);
 
     println!("| scenario | requests | errors | req/s | p50 ms | p95 ms | p99 ms |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
