@@ -34,7 +34,11 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
 }
 
 /// Verifies the bearer token and hands the `Caller` to the handlers.
-pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response<Body> {
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response<Body> {
     let caller = match bearer_token(req.headers()) {
         Ok(token) => state.auth.verify(token).await,
         Err(e) => Err(e),

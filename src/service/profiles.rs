@@ -3,7 +3,9 @@ use std::collections::HashSet;
 use chrono::{DateTime, Utc};
 
 use crate::db::{DbError, InvalidationScope, Repo, Written};
-use crate::domain::{Document, DocumentKind, JsonObject, NewProfile, Profile, ProfilePatch, UserId};
+use crate::domain::{
+    Document, DocumentKind, JsonObject, NewProfile, Profile, ProfilePatch, UserId,
+};
 
 /// A value read for a client, and whether it came from the cache.
 #[derive(Debug, Clone)]
@@ -66,16 +68,26 @@ impl ProfileService {
     }
 
     /// Partial update; `None` when there is no such profile.
-    pub async fn update(&self, id: UserId, patch: &ProfilePatch) -> Result<Option<Profile>, DbError> {
+    pub async fn update(
+        &self,
+        id: UserId,
+        patch: &ProfilePatch,
+    ) -> Result<Option<Profile>, DbError> {
         count_query("update");
         match self.repo.update(id, patch).await? {
-            Some(w) => Ok(Some(self.after_write(w, id, InvalidationScope::Profile).await)),
+            Some(w) => Ok(Some(
+                self.after_write(w, id, InvalidationScope::Profile).await,
+            )),
             None => Ok(None),
         }
     }
 
     /// Creates or updates; `true` when created.
-    pub async fn upsert(&self, id: UserId, patch: &ProfilePatch) -> Result<(Profile, bool), DbError> {
+    pub async fn upsert(
+        &self,
+        id: UserId,
+        patch: &ProfilePatch,
+    ) -> Result<(Profile, bool), DbError> {
         count_query("upsert");
         let w = self.repo.upsert(id, patch).await?;
         Ok(self.after_write(w, id, InvalidationScope::Profile).await)
@@ -116,7 +128,8 @@ impl ProfileService {
         count_query("replace_document");
         match self.repo.replace_document(kind, id, data).await? {
             Some(w) => Ok(Some(
-                self.after_write(w, id, InvalidationScope::Document(kind)).await,
+                self.after_write(w, id, InvalidationScope::Document(kind))
+                    .await,
             )),
             None => Ok(None),
         }

@@ -166,7 +166,8 @@ impl TestApp {
     /// Creates a profile for `id` as an admin would (works whatever iss/aud the app requires).
     pub async fn create_profile_with_claims(&self, id: UserId) {
         let now = chrono::Utc::now().timestamp();
-        let mut claims = json!({"sub": UserId::random().to_string(), "role": "admin", "exp": now + 600});
+        let mut claims =
+            json!({"sub": UserId::random().to_string(), "role": "admin", "exp": now + 600});
         if let Some(iss) = &self.config.jwt.iss {
             claims["iss"] = json!(iss);
         }
@@ -174,7 +175,12 @@ impl TestApp {
             claims["aud"] = json!(aud);
         }
         let res = self
-            .send_json(reqwest::Method::POST, "/api/profiles", &sign(&claims), &json!({"user_id": id.to_string()}))
+            .send_json(
+                reqwest::Method::POST,
+                "/api/profiles",
+                &sign(&claims),
+                &json!({"user_id": id.to_string()}),
+            )
             .await;
         assert_eq!(res.status(), 201);
     }
@@ -182,9 +188,19 @@ impl TestApp {
     /// Creates a profile for `id` (as its owner) and returns the created profile JSON.
     pub async fn create_profile(&self, id: UserId, fields: Value) -> Value {
         let res = self
-            .send_json(reqwest::Method::POST, "/api/profiles", &token(id, false), &fields)
+            .send_json(
+                reqwest::Method::POST,
+                "/api/profiles",
+                &token(id, false),
+                &fields,
+            )
             .await;
-        assert_eq!(res.status(), 201, "create failed: {}", res.text().await.unwrap());
+        assert_eq!(
+            res.status(),
+            201,
+            "create failed: {}",
+            res.text().await.unwrap()
+        );
         res.json::<Value>().await.unwrap()["profile"].clone()
     }
 }
