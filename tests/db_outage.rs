@@ -1,0 +1,136 @@
+//! A database that goes away answers 503 with a JSON error quickly, never hangs, and the
+//! service recovers by itself. PostgreSQL is reached through a TCP relay the test can cut.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Backend, TestApp, json_of, test_config, token};
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use user_api::domain::UserId;
+
+/// A TCP relay to PostgreSQL that can be cut and restored on the same port.
+struct Relay {
+    addr: SocketAddr,
+    upstream: String,
+    tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(upstream: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = Self {
+            addr: listener.local_addr().unwrap(),
+            upstream,
+            tasks: Arc::default(),
+        };
+        relay.serve(listener);
+        relay
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let (upstream, tasks) = (self.upstream.clone(), self.tasks.clone());
+        let inner = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                inner.lock().unwrap().push(conn);
+            }
+        });
+        tasks.lock().unwrap().push(accept);
+    }
+
+    /// Drops the listener and every relayed connection.
+    fn cut(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    async fn restore(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => return self.serve(l),
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("cannot rebind relay: {e}"),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_is_503_and_recovers() {
+    let mut cfg = test_config(Backend::Postgres).await;
+    // Route the app's database URL through the relay.
+    let url = url::Url::parse(&cfg.database_url).unwrap();
+    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let relay = Relay::start(upstream).await;
+    let mut via = url.clone();
+    via.set_port(Some(relay.addr.port())).unwrap();
+    cfg.database_url = via.to_string();
+    cfg.database.acquire_timeout_ms = 1000;
+    cfg.database.statement_timeout_ms = 1000;
+    let app = TestApp::spawn_with(cfg).await;
+
+    let id = UserId::random();
+    let t = token(id, false);
+    app.create_profile(id, json!({"name": "before"})).await;
+    let path = format!("/api/profiles/{id}");
+
+    relay.cut();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (s, body) = json_of(
+            app.send_json(reqwest::Method::PUT, &path, &t, &json!({"name": "during"}))
+                .await,
+        )
+        .await;
+        assert_eq!(s, 503, "{body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains("Database"),
+            "{body}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    let (s, body) = json_of(app.client.get(app.url("/ready")).send().await.unwrap()).await;
+    assert_eq!((s, body["database"].as_str()), (503, Some("down")));
+    let (s, _) = json_of(app.client.get(app.url("/health")).send().await.unwrap()).await;
+    assert_eq!(s, 200, "liveness does not depend on the database");
+
+    relay.restore().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = app
+            .send_json(reqwest::Method::PUT, &path, &t, &json!({"name": "after"}))
+            .await;
+        if res.status() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "did not recover: {}",
+            res.status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, body) = json_of(app.get(&path, &t).await).await;
+    assert_eq!(body["profile"]["name"], "after");
+    let (s, _) = json_of(app.client.get(app.url("/ready")).send().await.unwrap()).await;
+    assert_eq!(s, 200);
+}
