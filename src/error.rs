@@ -106,7 +106,15 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let detail = match &self {
             Self::Internal(cause) => {
-                tracing::error!(error = %cause, source = ?std::error::Error::source(&**cause), "request failed");
+                // Display only: driver errors' Debug forms can carry row values (PII).
+                let mut chain = cause.to_string();
+                let mut next = std::error::Error::source(&**cause);
+                while let Some(e) = next {
+                    chain.push_str(": ");
+                    chain.push_str(&e.to_string());
+                    next = e.source();
+                }
+                tracing::error!(error = %chain, "request failed");
                 "Internal server error".to_owned()
             }
             Self::Unauthorized(AuthError::KeysUnavailable) => {
