@@ -1,0 +1,228 @@
+//! The binary as an operator uses it: dev-mode start, `token`, `migrate`, `seed`,
+//! configuration errors, and logs that never carry personal data.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_user-api");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn cmd(dir: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.current_dir(dir);
+    for var in [
+        "DATABASE_URL",
+        "REDIS_URL",
+        "REDIS_CLUSTER_URLS",
+        "JWT_PUBLIC_KEY_FILE",
+        "JWKS_URL",
+        "USER_API_CONFIG",
+    ] {
+        c.env_remove(var);
+    }
+    c.env("PREWARM", "0");
+    c
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("user-api-cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[tokio::test]
+async fn dev_mode_quick_start_and_no_pii_in_logs() {
+    let dir = tempdir();
+    let port = free_port();
+    let child = cmd(&dir)
+        .env("USER_API_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = Server(child);
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.get(format!("{base}/health")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        dir.join("data/user-api.db").exists(),
+        "SQLite file created on first run"
+    );
+    assert!(dir.join("data/dev-keys/private.pem").exists());
+
+    let id = uuid::Uuid::new_v4().to_string();
+    let out = cmd(&dir)
+        .args(["token", "--sub", &id, "--role", "user"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+
+    let pii = json!({"email": "pii.person@example.com", "phone": "090-9876-5432",
+                     "address": "秘密の住所 1-2-3", "date_of_birth": "1985-05-17", "name": "N"});
+    let res = client
+        .post(format!("{base}/api/profiles"))
+        .bearer_auth(&token)
+        .json(&pii)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let res = client
+        .get(format!("{base}/api/profiles/{id}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // A conflict and a validation error also must not echo personal data into the logs.
+    let other = uuid::Uuid::new_v4().to_string();
+    let out = cmd(&dir).args(["token", "--sub", &other]).output().unwrap();
+    let other_token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let res = client
+        .post(format!("{base}/api/profiles"))
+        .bearer_auth(&other_token)
+        .json(&json!({"email": "PII.person@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 409);
+    let res = client
+        .patch(format!("{base}/api/profiles/{id}"))
+        .bearer_auth(&token)
+        .json(&json!({"phone": null}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = client
+        .delete(format!("{base}/api/profiles/{id}"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+
+    let _ = server.0.kill();
+    let _ = server.0.wait();
+    let mut logs = String::new();
+    server
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    server
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(logs.contains("DEV MODE"), "dev mode is announced loudly");
+    assert!(
+        logs.contains("in-process store"),
+        "embedded store is announced"
+    );
+    for secret in [
+        "pii.person",
+        "PII.person",
+        "9876-5432",
+        "秘密の住所",
+        "1985-05-17",
+        &token,
+    ] {
+        assert!(!logs.contains(secret), "log output contains {secret:?}");
+    }
+}
+
+#[test]
+fn token_refuses_when_a_key_source_is_configured() {
+    let dir = tempdir();
+    let pem = dir.join("k.pem");
+    std::fs::write(&pem, "not used").unwrap();
+    let out = cmd(&dir)
+        .env("JWT_PUBLIC_KEY_FILE", &pem)
+        .args(["token", "--sub", &uuid::Uuid::new_v4().to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dev-mode"));
+    let out = cmd(&dir).args(["token", "--sub", "bob"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(!dir.join("data/dev-keys").exists() || out.stdout.is_empty());
+}
+
+#[test]
+fn bad_configuration_names_the_key() {
+    let dir = tempdir();
+    for (var, val, key) in [
+        ("RATE_LIMIT_FAIL", "maybe", "fail"),
+        ("DATABASE_URL", "mysql://x", "database_url"),
+        ("USER_API__CACHE__TTL_SECS", "0", "cache.ttl_secs"),
+        ("USER_API_ADDR", "not-an-address", "addr"),
+    ] {
+        let out = cmd(&dir).env(var, val).arg("migrate").output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}={val}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(key), "{var}={val}: {err}");
+    }
+    // A bad key file stops the server at start, naming the setting.
+    let out = cmd(&dir)
+        .env("JWT_PUBLIC_KEY_FILE", dir.join("missing.pem"))
+        .env("USER_API_ADDR", "127.0.0.1:0")
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("JWT_PUBLIC_KEY_FILE"), "{err}");
+}
+
+#[test]
+fn migrate_and_seed() {
+    let dir = tempdir();
+    let out = cmd(&dir).arg("migrate").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cmd(&dir).args(["seed", "--count", "500"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text: Value = json!(String::from_utf8_lossy(&out.stdout));
+    assert!(text.as_str().unwrap().contains("inserted 500"), "{text}");
+}
