@@ -5,10 +5,13 @@
 
 pub mod api;
 pub mod auth;
+pub mod cache;
 pub mod config;
 pub mod db;
 pub mod domain;
 pub mod error;
+pub mod ratelimit;
+pub mod redis;
 pub mod seed;
 pub mod service;
 pub mod state;
@@ -22,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
+use crate::cache::{Cache, CacheSettings};
 use crate::config::Config;
 use crate::db::PoolOptions;
 use crate::service::{LoginRecorder, ProfileService};
@@ -42,6 +46,9 @@ pub enum StartError {
     Db(#[from] db::DbError),
     #[error(transparent)]
     Auth(#[from] auth::AuthSetupError),
+    /// A Redis URL that does not parse (nothing is connected at start).
+    #[error("invalid redis configuration: {0}")]
+    Redis(#[from] ::redis::RedisError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -73,13 +80,26 @@ impl App {
                 "no REDIS_URL or REDIS_CLUSTER_URLS: using the in-process store; cache and rate limits are per instance"
             );
         }
-        let profiles = ProfileService::new(repo);
+        // Lazily connected: the service starts (and serves from the database) while Redis is down.
+        let redis = redis::RedisClient::from_config(&config)?;
+        if let Some(client) = &redis {
+            client.connect_in_background();
+        }
+        let cache = Cache::new(
+            Cache::store_for(redis.as_ref()),
+            repo.clone(),
+            CacheSettings::from_config(&config),
+        );
+        let profiles = ProfileService::new(repo, cache.clone());
         let state = AppState {
             logins: LoginRecorder::new(profiles.clone()),
             profiles,
             auth,
             metrics: telemetry::metrics_handle(),
             config: config.clone(),
+            cache: cache.clone(),
+            limiter: ratelimit::Limiter::new(&config.rate_limits, redis.clone()),
+            redis,
         };
         let listener = TcpListener::bind(config.addr)
             .await
@@ -87,11 +107,18 @@ impl App {
                 addr: config.addr,
                 source,
             })?;
+        // Invalidations left in the outbox by a crashed instance are applied before this
+        // one reads the cache; bounded, and retried by the drainer when Redis is down.
+        if let Err(e) = cache.drain_outbox().await {
+            tracing::warn!(error = %e, "pending cache invalidations not applied yet; reading the database until they are");
+        }
+        let shutdown = CancellationToken::new();
+        cache::spawn_background(&cache, &shutdown, config.prewarm.enabled);
         Ok(Self {
             router: api::router(state.clone()),
             listener,
             state,
-            shutdown: CancellationToken::new(),
+            shutdown,
         })
     }
 

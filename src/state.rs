@@ -5,22 +5,37 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::auth::Authenticator;
+use crate::cache::Cache;
 use crate::config::Config;
+use crate::ratelimit::Limiter;
+use crate::redis::RedisClient;
 use crate::service::{LoginRecorder, ProfileService};
 
 /// Shared, cheaply cloned application state.
 #[derive(Clone)]
 pub struct AppState {
+    /// The validated configuration.
     pub config: Arc<Config>,
+    /// Profile use cases (cache-aside over the repository).
     pub profiles: ProfileService,
+    /// Bearer-token verification.
     pub auth: Authenticator,
+    /// Off-path `last_login` recording.
     pub logins: LoginRecorder,
+    /// The Prometheus recorder, for `/metrics`.
     pub metrics: PrometheusHandle,
+    /// The profile cache (also reachable through `profiles`).
+    pub cache: Cache,
+    /// The shared Redis connection; `None` with the embedded store.
+    pub redis: Option<RedisClient>,
+    /// Per-user and per-address rate limits (over the same Redis client).
+    pub limiter: Limiter,
 }
 
 impl AppState {
     /// Which store serves the cache and limiter, and whether it answers.
+    /// Down while the breaker is open or a write's invalidation is still pending.
     pub fn store_health(&self) -> (&'static str, bool) {
-        ("embedded", true)
+        self.cache.health()
     }
 }

@@ -26,7 +26,7 @@ pub async fn get_own(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Json<Profile>, ApiError> {
-    if let Some(found) = state.profiles.get(caller.user_id).await? {
+    if let Some(found) = state.profiles.get(caller.user_id, None).await? {
         return Ok(Json(found.value));
     }
     match state
@@ -38,7 +38,7 @@ pub async fn get_own(
         // Two first requests raced; the other one created it.
         Err(DbError::AlreadyExists) => state
             .profiles
-            .get(caller.user_id)
+            .get(caller.user_id, None)
             .await?
             .map(|l| Json(l.value))
             .ok_or(ApiError::NotFound("Profile not found")),

@@ -11,6 +11,7 @@ use axum::response::IntoResponse;
 
 use crate::auth::AuthError;
 use crate::error::ApiError;
+use crate::ratelimit;
 use crate::state::AppState;
 
 /// Longest `Authorization` header considered; longer ones are refused unparsed.
@@ -34,24 +35,58 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
 }
 
 /// Verifies the bearer token and hands the `Caller` to the handlers.
+///
+/// Requests that fail authentication count against their client address (SPEC 5); an
+/// address over its limit is refused here, before any signature is checked, except for
+/// tokens already verified from that address (so a flood does not lock out the honest
+/// callers behind the same address, and a blocked address learns nothing new).
 pub async fn authenticate(
     State(state): State<AppState>,
     mut req: Request,
     next: Next,
 ) -> Response<Body> {
-    let caller = match bearer_token(req.headers()) {
+    let limiter = &state.limiter;
+    let address = ratelimit::middleware::client_address(&req, limiter.config().trust_forwarded_for);
+    let token = bearer_token(req.headers()).map(str::to_owned);
+    if let Some(ip) = address
+        && let Some(blocked) = limiter.blocked(ip)
+    {
+        match token
+            .as_deref()
+            .ok()
+            .and_then(|t| limiter.known_caller(ip, t))
+        {
+            Some(caller) => {
+                req.extensions_mut().insert(caller);
+                return next.run(req).await;
+            }
+            None => return ratelimit::headers::rejection(&blocked),
+        }
+    }
+    let caller = match &token {
         Ok(token) => state.auth.verify(token).await,
-        Err(e) => Err(e),
+        Err(e) => Err(e.clone()),
     };
     match caller {
         Ok(caller) => {
+            if let (Some(ip), Ok(token)) = (address, &token) {
+                limiter.remember_caller(ip, token, &caller);
+            }
             if let Some(iat) = caller.issued_at {
                 state.logins.observe(caller.user_id, iat);
             }
             req.extensions_mut().insert(caller);
             next.run(req).await
         }
-        Err(e) => ApiError::Unauthorized(e).into_response(),
+        // The key source is down: not the client's failure, so not counted against it.
+        Err(e @ AuthError::KeysUnavailable) => ApiError::Unauthorized(e).into_response(),
+        Err(e) => {
+            let res = ApiError::Unauthorized(e).into_response();
+            match address {
+                Some(ip) => ratelimit::middleware::failed_auth(limiter, ip, res).await,
+                None => res,
+            }
+        }
     }
 }
 

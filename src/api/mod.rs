@@ -1,6 +1,7 @@
 //! The HTTP surface: one module per resource, merged here with the OpenAPI document,
 //! the authentication layer and the cross-cutting layers.
 
+mod admin;
 mod batch;
 mod compat;
 mod documents;
@@ -19,6 +20,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::ApiError;
+use crate::ratelimit;
 use crate::state::AppState;
 
 pub use extract::MAX_BODY_BYTES;
@@ -49,6 +51,13 @@ pub fn router(state: AppState) -> Router {
         .merge(batch::router())
         .merge(documents::router())
         .merge(compat::router())
+        .merge(admin::router())
+        // The outer layer runs first: authenticate (with the per-address limit), then the
+        // per-user limit, which needs the caller.
+        .layer(from_fn_with_state(
+            state.clone(),
+            ratelimit::middleware::enforce,
+        ))
         .layer(from_fn_with_state(state.clone(), layers::authenticate));
     let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(protected)

@@ -1,15 +1,16 @@
 //! `/api/profiles`: read, create, update, delete, and the caller's own profile.
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
+use axum::{Extension, Json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::dto::{ErrorBody, ProfileCreated, ProfileRead, ProfileUpdated};
 use super::extract::{JsonBody, authorize, parse_user_id};
 use crate::auth::Caller;
+use crate::cache::Prefetched;
 use crate::domain::{ProfileInput, ProfilePatchInput, UserId};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -27,8 +28,12 @@ pub fn router() -> OpenApiRouter<AppState> {
         ))
 }
 
-async fn read(state: &AppState, id: UserId) -> Result<Json<ProfileRead>, ApiError> {
-    let found = state.profiles.get(id).await?;
+async fn read(
+    state: &AppState,
+    id: UserId,
+    prefetched: Option<Prefetched>,
+) -> Result<Json<ProfileRead>, ApiError> {
+    let found = state.profiles.get(id, prefetched).await?;
     found
         .map(|l| Json(l.into()))
         .ok_or(ApiError::NotFound("Profile not found"))
@@ -44,10 +49,11 @@ pub async fn get_profile(
     State(state): State<AppState>,
     caller: Caller,
     Path(raw): Path<String>,
+    prefetched: Option<Extension<Prefetched>>,
 ) -> Result<Json<ProfileRead>, ApiError> {
     let id = parse_user_id(&raw)?;
     authorize(&caller, id)?;
-    read(&state, id).await
+    read(&state, id, prefetched.map(|Extension(p)| p)).await
 }
 
 /// Reads the caller's own profile.
@@ -57,8 +63,9 @@ pub async fn get_profile(
 pub async fn get_me(
     State(state): State<AppState>,
     caller: Caller,
+    prefetched: Option<Extension<Prefetched>>,
 ) -> Result<Json<ProfileRead>, ApiError> {
-    read(&state, caller.user_id).await
+    read(&state, caller.user_id, prefetched.map(|Extension(p)| p)).await
 }
 
 /// Creates a profile; `user_id` defaults to the caller's.

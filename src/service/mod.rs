@@ -1,4 +1,4 @@
-//! Use cases: what each route does, over the repository (and, later, the cache).
+//! Use cases: what each route does, over the repository and the cache.
 //! Handlers call exactly one function here; nothing here knows about HTTP.
 
 mod login;
@@ -6,3 +6,4 @@ mod profiles;
 
 pub use login::LoginRecorder;
 pub use profiles::{BatchOutcome, Lookup, ProfileService};
+pub(crate) use profiles::{count_query, dedupe};

@@ -2,6 +2,7 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 
+use crate::cache::{Cache, Prefetched};
 use crate::db::{DbError, InvalidationScope, Repo, Written};
 use crate::domain::{
     Document, DocumentKind, JsonObject, NewProfile, Profile, ProfilePatch, UserId,
@@ -10,6 +11,7 @@ use crate::domain::{
 /// A value read for a client, and whether it came from the cache.
 #[derive(Debug, Clone)]
 pub struct Lookup<T> {
+    /// The value itself.
     pub value: T,
     /// When the entry was cached; `None` when read from the database.
     pub cached_at: Option<DateTime<Utc>>,
@@ -20,22 +22,30 @@ pub struct Lookup<T> {
 pub struct BatchOutcome {
     /// Found profiles, in the order their ids were first sent.
     pub profiles: Vec<Profile>,
+    /// Unique ids answered by a cached profile.
     pub cache_hits: usize,
+    /// Every other unique id (read from the database, or known missing).
     pub cache_misses: usize,
     /// Ids with no profile, in the order sent.
     pub not_found: Vec<UserId>,
 }
 
-/// Profile reads and writes.
+/// Profile reads and writes, cache-aside over the repository.
 #[derive(Clone)]
 pub struct ProfileService {
     repo: Repo,
+    cache: Cache,
 }
 
 impl ProfileService {
-    /// Builds the service over a repository.
-    pub fn new(repo: Repo) -> Self {
-        Self { repo }
+    /// Builds the service over a repository and its cache.
+    pub fn new(repo: Repo, cache: Cache) -> Self {
+        Self { repo, cache }
+    }
+
+    /// The cache (admin routes, health).
+    pub fn cache(&self) -> &Cache {
+        &self.cache
     }
 
     /// The repository, for health checks.
@@ -43,28 +53,27 @@ impl ProfileService {
         &self.repo
     }
 
-    /// One profile.
-    pub async fn get(&self, id: UserId) -> Result<Option<Lookup<Profile>>, DbError> {
-        count_query("fetch");
-        Ok(self.repo.fetch(id).await?.map(|p| Lookup {
-            value: p,
-            cached_at: None,
-        }))
+    /// One profile, cache-aside. `prefetched`: the raw cache GET the hot path already made
+    /// (ignored while this instance may not read the cache).
+    pub async fn get(
+        &self,
+        id: UserId,
+        prefetched: Option<Prefetched>,
+    ) -> Result<Option<Lookup<Profile>>, DbError> {
+        self.cache.profile(id, prefetched).await
     }
 
     /// Many profiles; `ids` as sent (duplicates allowed).
     pub async fn batch(&self, ids: &[UserId]) -> Result<BatchOutcome, DbError> {
-        let unique = dedupe(ids);
-        count_query("fetch_many");
-        let found = self.repo.fetch_many(&unique).await?;
-        Ok(assemble(&unique, found, 0))
+        self.cache.batch(ids).await
     }
 
     /// Creates a profile.
     pub async fn create(&self, id: UserId, new: &NewProfile) -> Result<Profile, DbError> {
         count_query("create");
         let w = self.repo.create(id, new).await?;
-        Ok(self.after_write(w, id, InvalidationScope::Profile).await)
+        // All three keys: the documents of a missing profile may hold tombstones too.
+        Ok(self.after_write(w, id, InvalidationScope::All).await)
     }
 
     /// Partial update; `None` when there is no such profile.
@@ -90,7 +99,12 @@ impl ProfileService {
     ) -> Result<(Profile, bool), DbError> {
         count_query("upsert");
         let w = self.repo.upsert(id, patch).await?;
-        Ok(self.after_write(w, id, InvalidationScope::Profile).await)
+        let scope = if w.value.1 {
+            InvalidationScope::All
+        } else {
+            InvalidationScope::Profile
+        };
+        Ok(self.after_write(w, id, scope).await)
     }
 
     /// Deletes a profile and its documents; `false` when there was none.
@@ -105,17 +119,13 @@ impl ProfileService {
         }
     }
 
-    /// A settings or preferences document; `None` when there is no profile.
+    /// A settings or preferences document, cache-aside; `None` when there is no profile.
     pub async fn document(
         &self,
         kind: DocumentKind,
         id: UserId,
     ) -> Result<Option<Lookup<JsonObject>>, DbError> {
-        count_query("fetch_document");
-        Ok(self.repo.fetch_document(kind, id).await?.map(|d| Lookup {
-            value: d.data,
-            cached_at: None,
-        }))
+        self.cache.document(kind, id).await
     }
 
     /// Replaces a document; `None` when there is no profile.
@@ -144,11 +154,21 @@ impl ProfileService {
         Ok(())
     }
 
-    /// Applies the write's cache invalidation and retires its outbox row.
-    async fn after_write<T>(&self, w: Written<T>, _id: UserId, _scope: InvalidationScope) -> T {
-        // Without a cache there is nothing to invalidate; the row is retired at once.
-        if let Err(e) = self.repo.clear_invalidations(&[w.outbox_id]).await {
-            tracing::warn!(error = %e, "could not clear outbox row; it will be retried");
+    /// Applies the write's cache invalidation (markers) and retires its outbox row. When the
+    /// invalidation fails the row stays for the drainer and this instance stops reading the
+    /// cache until it is applied, before the write is acknowledged.
+    async fn after_write<T>(&self, w: Written<T>, id: UserId, scope: InvalidationScope) -> T {
+        match self.cache.invalidate(id, scope).await {
+            Ok(()) => {
+                if let Err(e) = self.repo.clear_invalidations(&[w.outbox_id]).await {
+                    // Harmless: the drainer applies it again (markers are idempotent).
+                    tracing::warn!(error = %e, "could not clear outbox row; it will be retried");
+                }
+            }
+            Err(e) => {
+                self.cache.mark_dirty();
+                tracing::warn!(error = %e, "cache invalidation failed; kept in the outbox, reading the database until it is applied");
+            }
         }
         w.value
     }
@@ -163,22 +183,4 @@ pub(crate) fn count_query(op: &'static str) {
 pub(crate) fn dedupe(ids: &[UserId]) -> Vec<UserId> {
     let mut seen = HashSet::with_capacity(ids.len());
     ids.iter().copied().filter(|id| seen.insert(*id)).collect()
-}
-
-/// Orders found profiles as requested and lists the missing ids.
-pub(crate) fn assemble(unique: &[UserId], found: Vec<Profile>, cache_hits: usize) -> BatchOutcome {
-    let mut by_id: std::collections::HashMap<UserId, Profile> =
-        found.into_iter().map(|p| (p.user_id, p)).collect();
-    let mut out = BatchOutcome {
-        cache_hits,
-        cache_misses: unique.len() - cache_hits,
-        ..Default::default()
-    };
-    for id in unique {
-        match by_id.remove(id) {
-            Some(p) => out.profiles.push(p),
-            None => out.not_found.push(*id),
-        }
-    }
-    out
 }

@@ -1,0 +1,107 @@
+//! In-process single flight: concurrent misses on one key share one database read.
+//!
+//! A flight is keyed by the cache key AND the exact raw value the reader saw there. A
+//! reader may only join a flight whose leader saw the same value, i.e. whose look at the
+//! cache (and so whose database read) came no earlier than the last invalidation marker
+//! the joiner saw. A reader that started after a write was acknowledged sees that write's
+//! marker (or something newer), so it can never join a flight that read the old row.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+
+/// Flights older than this are not joined (markers live 30 s; fills are skipped after 10 s).
+const MAX_JOIN_AGE: Duration = Duration::from_secs(5);
+/// A finished flight still answers readers that saw the same value for this long: a reader
+/// whose GET came before the leader's fill but who asks after the read finished would
+/// otherwise start a second database read.
+const DONE_GRACE: Duration = Duration::from_millis(500);
+
+type Outcome<V> = Shared<BoxFuture<'static, Option<V>>>;
+
+struct Flight<V: Clone> {
+    id: u64,
+    started: Instant,
+    done: Option<Instant>,
+    fut: Outcome<V>,
+}
+
+impl<V: Clone> Flight<V> {
+    fn joinable(&self) -> bool {
+        self.started.elapsed() < MAX_JOIN_AGE && self.done.is_none_or(|d| d.elapsed() < DONE_GRACE)
+    }
+}
+
+/// Flights in progress, by key.
+pub(crate) struct Flights<V: Clone> {
+    map: Arc<Mutex<HashMap<String, Flight<V>>>>,
+    next_id: AtomicU64,
+}
+
+impl<V: Clone + Send + Sync + 'static> Flights<V> {
+    /// No flights.
+    pub(crate) fn new() -> Self {
+        Self {
+            map: Arc::new(Mutex::new(HashMap::new())),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Runs `work` for `key` unless a young flight for the same key is in the air, in which
+    /// case its outcome is shared. `None`: the flight failed; the caller reads on its own.
+    /// The work is driven by whoever awaits it, so a cancelled leader does not strand the others.
+    pub(crate) async fn run(
+        &self,
+        key: String,
+        work: impl FnOnce() -> BoxFuture<'static, Option<V>>,
+    ) -> Option<V> {
+        let fut = {
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            match map.get(&key) {
+                Some(f) if f.joinable() => {
+                    metrics::counter!("cache_single_flight_joins_total").increment(1);
+                    f.fut.clone()
+                }
+                _ => {
+                    let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                    let inner = work();
+                    let registry = Arc::downgrade(&self.map);
+                    let done_key = key.clone();
+                    let fut = async move {
+                        let out = inner.await;
+                        // Start the grace period; later readers that saw a newer value
+                        // have a different key and never join.
+                        if let Some(map) = registry.upgrade() {
+                            let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+                            if let Some(f) = map.get_mut(&done_key).filter(|f| f.id == id) {
+                                f.done = Some(Instant::now());
+                            }
+                        }
+                        out
+                    }
+                    .boxed()
+                    .shared();
+                    if map.len() > 256 {
+                        // Finished (or abandoned) flights are dropped in bulk, now and then.
+                        map.retain(|_, f| f.joinable());
+                    }
+                    map.insert(
+                        key,
+                        Flight {
+                            id,
+                            started: Instant::now(),
+                            done: None,
+                            fut: fut.clone(),
+                        },
+                    );
+                    fut
+                }
+            }
+        };
+        fut.await
+    }
+}

@@ -1,0 +1,99 @@
+//! Background work of the cache: the hit/miss flusher, the outbox drainer (which also
+//! pings the store so `/ready` and the breaker follow Redis while idle) and the start-up
+//! prewarm. All stop when the shutdown token is cancelled.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use super::Cache;
+
+/// Longest wait of the start-up prewarm for a usable cache store.
+const PREWARM_WAIT: Duration = Duration::from_secs(10);
+
+/// Starts the background tasks; `prewarm` runs the start-up prewarm once.
+pub fn spawn_background(
+    cache: &Cache,
+    shutdown: &CancellationToken,
+    prewarm: bool,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+
+    let (c, stop) = (cache.clone(), shutdown.clone());
+    tasks.push(tokio::spawn(async move {
+        every(c.settings().metrics_flush, &stop, || async {
+            if let Err(e) = c.flush_metrics().await {
+                tracing::debug!(error = %e, "cache metrics flush failed; kept for the next one");
+            }
+        })
+        .await;
+        // Last counts of this instance, best effort.
+        let _ = c.flush_metrics().await;
+    }));
+
+    let (c, stop) = (cache.clone(), shutdown.clone());
+    tasks.push(tokio::spawn(async move {
+        let failing = std::sync::atomic::AtomicBool::new(false);
+        every(c.settings().outbox_poll, &stop, || async {
+            match c.drain_outbox().await {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(applied = n, "applied pending cache invalidations");
+                    }
+                    if failing.swap(false, Ordering::Relaxed) {
+                        tracing::info!("cache invalidation outbox drained");
+                    }
+                }
+                // Logged once per outage, not every second.
+                Err(e) => {
+                    if !failing.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(error = %e, "cannot drain the cache invalidation outbox; reading the database only");
+                    }
+                }
+            }
+            let _ = c.store().ping().await;
+        })
+        .await;
+    }));
+
+    if prewarm {
+        let (c, stop) = (cache.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            // Give the lazy connection and the first drain pass a moment, so the
+            // prewarm does not fail on a connection still being made.
+            let deadline = tokio::time::Instant::now() + PREWARM_WAIT;
+            while !(c.store().is_connected() && c.may_read())
+                && tokio::time::Instant::now() < deadline
+                && !stop.is_cancelled()
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                r = c.prewarm() => if let Err(e) = r {
+                    tracing::warn!(error = %e, "cache prewarm failed");
+                },
+            }
+        }));
+    }
+    tasks
+}
+
+/// Runs `tick` every `period` until `stop` is cancelled (a tick in progress finishes).
+async fn every<F, Fut>(period: Duration, stop: &CancellationToken, mut tick: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = interval.tick() => tick().await,
+        }
+    }
+}

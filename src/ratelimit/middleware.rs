@@ -1,0 +1,138 @@
+//! The axum side of the limiter: the per-user layer that runs after authentication, the
+//! per-address helpers that `authenticate` calls, and the client address.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::Response;
+use axum::middleware::Next;
+use axum::response::IntoResponse;
+
+use super::{LimitError, Limiter, Policy, headers};
+use crate::auth::Caller;
+use crate::domain::UserId;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The client address: the peer of the connection, or, only when the service is told
+/// it sits behind a trusted proxy (`rate_limits.trust_forwarded_for`), the first
+/// `X-Forwarded-For` entry. An entry that is not an IP address is ignored (never put
+/// into a key), and IPv4-mapped IPv6 addresses count as their IPv4 address.
+pub fn client_address(req: &Request, trust_forwarded_for: bool) -> Option<IpAddr> {
+    if trust_forwarded_for {
+        let forwarded = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .and_then(|first| {
+                first
+                    .parse::<IpAddr>()
+                    .ok()
+                    .or_else(|| first.parse::<SocketAddr>().ok().map(|s| s.ip()))
+            });
+        if let Some(ip) = forwarded {
+            return Some(ip.to_canonical());
+        }
+    }
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip().to_canonical())
+}
+
+/// The answer to a request that failed authentication, counted against its address:
+/// `unauthorized` (the 401) with the per-address headers, or a 429 once the address is
+/// over its limit (from then on [`Limiter::blocked`] refuses it before any signature check).
+pub async fn failed_auth(
+    limiter: &Limiter,
+    address: IpAddr,
+    unauthorized: Response<Body>,
+) -> Response<Body> {
+    let decision = limiter.count_failed_auth(address).await;
+    if !decision.allowed() {
+        return headers::rejection(&decision);
+    }
+    let mut res = unauthorized;
+    headers::apply(res.headers_mut(), &decision);
+    res
+}
+
+/// The id a profile read is about, when the request is one the cache can serve in the
+/// same round trip as the count: `GET /api/profiles/{user_id}` with a well-formed id the
+/// caller may read, or `GET /api/profiles/me`.
+fn prefetch_target(req: &Request, template: &str, caller: &Caller) -> Option<UserId> {
+    let id = match template {
+        "/api/profiles/me" => caller.user_id,
+        "/api/profiles/{user_id}" => req
+            .uri()
+            .path()
+            .strip_prefix("/api/profiles/")?
+            .parse::<UserId>()
+            .ok()?,
+        _ => return None,
+    };
+    caller.may_access(id).then_some(id)
+}
+
+/// Rate-limits an authenticated request by its caller and route (after `authenticate`),
+/// and puts the rate-limit headers on whatever the handler answers.
+pub async fn enforce(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response<Body> {
+    // Without a caller the handler's extractor answers 401; nothing to count per user.
+    let Some(caller) = req.extensions().get::<Caller>().cloned() else {
+        return next.run(req).await;
+    };
+    let Some(template) = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+    else {
+        return next.run(req).await;
+    };
+    let Some((policy, endpoint)) = Policy::classify(req.method(), &template) else {
+        return next.run(req).await;
+    };
+    let limiter = &state.limiter;
+    let prefetch = if policy == Policy::ProfilesRead && limiter.uses_redis() {
+        prefetch_target(&req, &template, &caller)
+    } else {
+        None
+    };
+    let outcome = match prefetch {
+        Some(id) => {
+            limiter
+                .check_and_get(
+                    caller.user_id,
+                    policy,
+                    &endpoint,
+                    &crate::cache::profile_key(id),
+                )
+                .await
+        }
+        None => limiter
+            .check(caller.user_id, policy, &endpoint)
+            .await
+            .map(|d| (d, None)),
+    };
+    let (decision, prefetched) = match outcome {
+        Ok(v) => v,
+        Err(LimitError::Unavailable) => {
+            return ApiError::Unavailable("Rate limiter").into_response();
+        }
+    };
+    if !decision.allowed() {
+        return headers::rejection(&decision);
+    }
+    if let Some(value) = prefetched {
+        // Only an admitted request may use what was read alongside its count.
+        req.extensions_mut().insert(crate::cache::Prefetched(value));
+    }
+    let mut res = next.run(req).await;
+    headers::apply(res.headers_mut(), &decision);
+    res
+}

@@ -1,0 +1,461 @@
+//! Rate limits (SPEC 5): per user and policy, per client address for requests that fail
+//! authentication, in fixed UTC windows.
+//!
+//! The [`Limiter`] counts in Redis when one is configured ([`redis_store`]: one Lua script
+//! per request, exact across any number of instances) and in process otherwise
+//! ([`memory`]). While Redis is unreachable it either falls back to its in-process
+//! counters (`fail = "open"`, the default: each instance still enforces the policy on its
+//! own traffic rather than admitting everything) or refuses (`fail = "closed"`). Every
+//! call to Redis is bounded by the client's timeout and circuit breaker, so the limiter
+//! never holds a request longer than that.
+//!
+//! Addresses that keep failing authentication are remembered in process once over their
+//! limit, so their next requests are refused before any signature is checked: a
+//! token-guessing flood costs a map lookup, not an RSA verification or a Redis call.
+//!
+//! The HTTP side (headers, the axum middleware) lives in [`headers`] and [`middleware`];
+//! everything else here knows nothing of HTTP.
+
+pub mod headers;
+pub mod memory;
+pub mod middleware;
+pub mod policy;
+pub mod redis_store;
+pub mod window;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::auth::Caller;
+use crate::config::{FailMode, RateLimitConfig};
+use crate::domain::UserId;
+use crate::redis::{RedisClient, StoreError};
+
+pub use memory::MemoryStore;
+pub use policy::Policy;
+pub use redis_store::RedisStore;
+pub use window::Window;
+
+/// A counter after one more request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Count {
+    /// Requests counted in the window, this one included.
+    pub count: u64,
+    /// Milliseconds until the window ends.
+    pub reset_ms: u64,
+}
+
+/// The verdict on one request, with everything the headers need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// The policy counted against.
+    pub policy: Policy,
+    /// Requests allowed per window.
+    pub limit: u64,
+    /// Requests counted in the window, this one included (may pass the limit).
+    pub count: u64,
+    /// Whole seconds until the window ends (at least 1).
+    pub reset_secs: u64,
+    /// The window length in seconds.
+    pub window_secs: u64,
+}
+
+impl Decision {
+    /// True when the request is admitted.
+    pub fn allowed(&self) -> bool {
+        self.count <= self.limit
+    }
+
+    /// Requests left in the window.
+    pub fn remaining(&self) -> u64 {
+        self.limit.saturating_sub(self.count)
+    }
+}
+
+/// Why the limiter could not decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    /// The store is unreachable and `fail = "closed"`.
+    #[error("rate limiter unavailable")]
+    Unavailable,
+}
+
+/// Most addresses remembered as over their limit before expired ones are swept.
+const MAX_BLOCKED: usize = 100_000;
+/// Most (address, token) pairs remembered as valid.
+const MAX_KNOWN_CALLERS: u64 = 100_000;
+/// Store failures are logged at most this often (every one is counted in metrics).
+const LOG_EVERY_MS: u64 = 10_000;
+
+struct Inner {
+    config: RateLimitConfig,
+    /// `None`: no Redis configured, `local` is the store.
+    redis: Option<RedisStore>,
+    /// The store without Redis; the fallback while Redis is unreachable.
+    local: MemoryStore,
+    /// Addresses over their per-address limit → end of their window (Unix ms).
+    blocked: RwLock<HashMap<IpAddr, u64>>,
+    /// SHA-256(address, token) of tokens verified from that address → caller and `exp`.
+    known: moka::sync::Cache<[u8; 32], (Caller, i64)>,
+    last_error_log_ms: AtomicU64,
+}
+
+/// The rate limiter shared by every request of an instance.
+#[derive(Clone)]
+pub struct Limiter {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("store", &self.store_name())
+            .field("fail", &self.inner.config.fail)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Limiter {
+    /// A limiter over `redis` (the app's one shared client) or, without it, in process.
+    pub fn new(config: &RateLimitConfig, redis: Option<RedisClient>) -> Self {
+        let window = Duration::from_secs(config.window_secs.max(1));
+        Self {
+            inner: Arc::new(Inner {
+                config: config.clone(),
+                redis: redis.map(RedisStore::new),
+                local: MemoryStore::default(),
+                blocked: RwLock::new(HashMap::new()),
+                known: moka::sync::Cache::builder()
+                    .max_capacity(MAX_KNOWN_CALLERS)
+                    .time_to_live(window)
+                    .build(),
+                last_error_log_ms: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The configuration the limiter runs with.
+    pub fn config(&self) -> &RateLimitConfig {
+        &self.inner.config
+    }
+
+    /// "redis", "redis-cluster" or "embedded".
+    pub fn store_name(&self) -> &'static str {
+        match &self.inner.redis {
+            Some(r) if r.client().is_cluster() => "redis-cluster",
+            Some(_) => "redis",
+            None => "embedded",
+        }
+    }
+
+    /// True when counters live in Redis (so a cache read can share the round trip).
+    pub fn uses_redis(&self) -> bool {
+        self.inner.redis.is_some()
+    }
+
+    /// The in-process counters (tests inspect them).
+    pub fn local_store(&self) -> &MemoryStore {
+        &self.inner.local
+    }
+
+    /// Counts a request of `user` under `policy` (`endpoint` is the key's endpoint part).
+    pub async fn check(
+        &self,
+        user: UserId,
+        policy: Policy,
+        endpoint: &str,
+    ) -> Result<Decision, LimitError> {
+        let (now, window) = self.now();
+        let key = window.user_key(user, endpoint);
+        let (count, _) = self.count(&key, &window, now, None, false).await?;
+        Ok(self.decide(policy, count))
+    }
+
+    /// Like [`Self::check`], and reads `get_key` from Redis in the same round trip. The
+    /// value is `Some` only when it was read (Redis answered both).
+    pub async fn check_and_get(
+        &self,
+        user: UserId,
+        policy: Policy,
+        endpoint: &str,
+        get_key: &str,
+    ) -> Result<(Decision, Option<Option<String>>), LimitError> {
+        let (now, window) = self.now();
+        let key = window.user_key(user, endpoint);
+        let (count, value) = self.count(&key, &window, now, Some(get_key), false).await?;
+        Ok((self.decide(policy, count), value))
+    }
+
+    /// The refusal for `address` when it is remembered as over its per-address limit.
+    /// This is the only cost that unblocked traffic pays: one read-locked map lookup.
+    pub fn blocked(&self, address: IpAddr) -> Option<Decision> {
+        let now = window::now_ms();
+        let until = {
+            let map = self.inner.blocked.read().unwrap_or_else(|p| p.into_inner());
+            *map.get(&address)?
+        };
+        if until <= now {
+            let mut map = self
+                .inner
+                .blocked
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            if map.get(&address).is_some_and(|u| *u <= now) {
+                map.remove(&address);
+            }
+            return None;
+        }
+        let limit = self.inner.config.per_address;
+        Some(Decision {
+            policy: Policy::PerAddress,
+            limit,
+            count: limit.saturating_add(1),
+            reset_secs: window::ceil_secs(until - now),
+            window_secs: self.inner.config.window_secs,
+        })
+    }
+
+    /// Counts a request from `address` that failed authentication; once the address is
+    /// over its limit it is remembered (until its window ends) by [`Self::blocked`].
+    ///
+    /// Never fails: with the store unreachable the in-process counter decides, even when
+    /// `fail = "closed"`, because the request is refused either way and the count only
+    /// protects the signature check.
+    pub async fn count_failed_auth(&self, address: IpAddr) -> Decision {
+        let (now, window) = self.now();
+        let key = window.address_key(address);
+        let count = match self.count(&key, &window, now, None, true).await {
+            Ok((c, _)) => c,
+            // Unreachable with `always_fall_back`; decide locally all the same.
+            Err(LimitError::Unavailable) => self.inner.local.hit(&key, &window, now),
+        };
+        let decision = self.decide(Policy::PerAddress, count);
+        if !decision.allowed() {
+            let until = now + count.reset_ms;
+            let mut map = self
+                .inner
+                .blocked
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            if map.len() >= MAX_BLOCKED {
+                map.retain(|_, u| *u > now);
+            }
+            if map.len() < MAX_BLOCKED {
+                map.insert(address, until);
+            }
+        }
+        decision
+    }
+
+    /// Remembers that `token` was verified as `caller` when sent from `address`, so that
+    /// this caller keeps working from that address should it later be blocked (other
+    /// callers behind the same address, say a NAT, are not punished for a flood).
+    pub fn remember_caller(&self, address: IpAddr, token: &str, caller: &Caller) {
+        let key = fingerprint(address, token);
+        if self.inner.known.contains_key(&key) {
+            return;
+        }
+        // The bytes were verified just now, so reading `exp` without verifying is sound.
+        let exp = jsonwebtoken::dangerous::insecure_decode_claims::<serde_json::Value>(token)
+            .ok()
+            .and_then(|claims| claims.get("exp").and_then(serde_json::Value::as_f64));
+        if let Some(exp) = exp {
+            self.inner.known.insert(key, (caller.clone(), exp as i64));
+        }
+    }
+
+    /// The caller of a token already verified from `address`, while it has not expired.
+    pub fn known_caller(&self, address: IpAddr, token: &str) -> Option<Caller> {
+        let (caller, exp) = self.inner.known.get(&fingerprint(address, token))?;
+        (chrono::Utc::now().timestamp() < exp).then_some(caller)
+    }
+
+    fn now(&self) -> (u64, Window) {
+        let now = window::now_ms();
+        (now, Window::at(now, self.inner.config.window_secs))
+    }
+
+    fn decide(&self, policy: Policy, count: Count) -> Decision {
+        Decision {
+            policy,
+            limit: policy.limit(&self.inner.config),
+            count: count.count,
+            reset_secs: window::ceil_secs(count.reset_ms),
+            window_secs: self.inner.config.window_secs,
+        }
+    }
+
+    /// One count in the configured store, falling back to the in-process one when Redis
+    /// is unreachable (fail open, or `always_fall_back`).
+    async fn count(
+        &self,
+        key: &str,
+        window: &Window,
+        now: u64,
+        get_key: Option<&str>,
+        always_fall_back: bool,
+    ) -> Result<(Count, Option<Option<String>>), LimitError> {
+        let Some(redis) = &self.inner.redis else {
+            return Ok((self.inner.local.hit(key, window, now), None));
+        };
+        let outcome = match get_key {
+            Some(g) => redis.hit_and_get(key, window, g).await,
+            None => redis.hit(key, window).await.map(|c| (c, None)),
+        };
+        match outcome {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.note_store_error(&e);
+                if self.inner.config.fail == FailMode::Closed && !always_fall_back {
+                    return Err(LimitError::Unavailable);
+                }
+                metrics::counter!("ratelimit_fallback_total").increment(1);
+                // The local counter starts from zero: each instance enforces the policy
+                // on its own traffic until Redis answers again.
+                Ok((self.inner.local.hit(key, window, window::now_ms()), None))
+            }
+        }
+    }
+
+    fn note_store_error(&self, e: &StoreError) {
+        // An open breaker is not a new failure: Redis was not even tried.
+        if matches!(e, StoreError::CircuitOpen) {
+            return;
+        }
+        metrics::counter!("ratelimit_store_errors_total").increment(1);
+        let now = window::now_ms();
+        let last = self.inner.last_error_log_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= LOG_EVERY_MS
+            && self
+                .inner
+                .last_error_log_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            // Only the error: keys carry user ids and addresses.
+            tracing::warn!(error = %e, fail = ?self.inner.config.fail, "rate-limit store unreachable");
+        }
+    }
+}
+
+/// A digest of the address and the token: nothing secret is kept in memory.
+fn fingerprint(address: IpAddr, token: &str) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(address.to_string().as_bytes());
+    ctx.update(b"\n");
+    ctx.update(token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(read: u64, per_address: u64) -> RateLimitConfig {
+        RateLimitConfig {
+            profiles_read: read,
+            per_address,
+            ..RateLimitConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn in_memory_limits_per_user_and_policy() {
+        let limiter = Limiter::new(&config(3, 10), None);
+        let (a, b) = (UserId::random(), UserId::random());
+        for n in 1..=3 {
+            let d = limiter
+                .check(a, Policy::ProfilesRead, "/api/profiles")
+                .await
+                .unwrap();
+            assert!(d.allowed());
+            assert_eq!(d.remaining(), 3 - n);
+        }
+        let d = limiter
+            .check(a, Policy::ProfilesRead, "/api/profiles")
+            .await
+            .unwrap();
+        assert!(!d.allowed());
+        assert_eq!(d.remaining(), 0);
+        assert!(d.reset_secs >= 1 && d.reset_secs <= 3600);
+        assert!(
+            limiter
+                .check(b, Policy::ProfilesRead, "/api/profiles")
+                .await
+                .unwrap()
+                .allowed()
+        );
+        let d = limiter
+            .check(a, Policy::ProfilesUpdate, "/api/profiles/update")
+            .await
+            .unwrap();
+        assert_eq!((d.allowed(), d.limit, d.count), (true, 10, 1));
+    }
+
+    #[tokio::test]
+    async fn addresses_are_blocked_once_over() {
+        let limiter = Limiter::new(&config(3, 2), None);
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        assert!(limiter.blocked(ip).is_none());
+        assert!(limiter.count_failed_auth(ip).await.allowed());
+        assert!(limiter.count_failed_auth(ip).await.allowed());
+        assert!(limiter.blocked(ip).is_none());
+        assert!(!limiter.count_failed_auth(ip).await.allowed());
+        let d = limiter.blocked(ip).expect("remembered");
+        assert_eq!((d.policy, d.remaining()), (Policy::PerAddress, 0));
+        assert!(limiter.blocked("192.0.2.8".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn known_callers_are_per_address_and_expire() {
+        let limiter = Limiter::new(&config(3, 2), None);
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let caller = Caller {
+            user_id: UserId::random(),
+            is_admin: false,
+            issued_at: None,
+        };
+        let now = chrono::Utc::now().timestamp();
+        let live = fake_jwt(now + 60);
+        let dead = fake_jwt(now - 1);
+        limiter.remember_caller(ip, &live, &caller);
+        limiter.remember_caller(ip, &dead, &caller);
+        assert_eq!(limiter.known_caller(ip, &live), Some(caller));
+        assert_eq!(limiter.known_caller(ip, &dead), None);
+        assert_eq!(
+            limiter.known_caller("192.0.2.8".parse().unwrap(), &live),
+            None
+        );
+    }
+
+    fn fake_jwt(exp: i64) -> String {
+        use aws_lc_rs::rand::SecureRandom;
+        let b64 = |v: &[u8]| {
+            const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            let mut out = String::new();
+            for chunk in v.chunks(3) {
+                let n = chunk
+                    .iter()
+                    .enumerate()
+                    .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+                for i in 0..=chunk.len() {
+                    out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                }
+            }
+            out
+        };
+        let mut sig = [0u8; 16];
+        aws_lc_rs::rand::SystemRandom::new().fill(&mut sig).unwrap();
+        format!(
+            "{}.{}.{}",
+            b64(br#"{"alg":"RS256","typ":"JWT"}"#),
+            b64(format!(r#"{{"exp":{exp}}}"#).as_bytes()),
+            b64(&sig)
+        )
+    }
+}

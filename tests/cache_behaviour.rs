@@ -1,0 +1,601 @@
+//! The profile cache's behaviour over HTTP (SPEC 4), on three stores: the shared Redis
+//! (with PostgreSQL), a test-owned 3-master Redis Cluster and the in-process store (with
+//! SQLite). Keys are inspected through the app's own store, so every assertion holds on
+//! all three.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::{
+    StoreKind, Target, admin, cache_config, create, eventually, is_marker, raw, read, spawn_ready,
+    tok,
+};
+use common::{Backend, TestApp, json_of};
+use reqwest::Method;
+use serde_json::{Value, json};
+use user_api::domain::{Profile, UserId};
+
+/// Generates one test per store for each listed async fn.
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {
+        mod shared_redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(crate::common::redis::StoreKind::Shared, crate::common::Backend::Postgres).await
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(crate::common::redis::StoreKind::Cluster, crate::common::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(crate::common::redis::StoreKind::Memory, crate::common::Backend::Sqlite).await
+                }
+            )*
+        }
+    };
+}
+
+on_every_store!(
+    hit_and_miss_shapes,
+    every_write_invalidates,
+    delete_and_admin_invalidate_remove_all_keys,
+    tombstones_are_short_and_create_removes_them,
+    ttl_never_exceeds_the_configured_one,
+    documents_are_cached,
+    batch_counts_and_write_back,
+    prewarm_via_admin_route,
+    prewarm_at_start,
+    admin_routes_are_admin_only,
+);
+
+async fn setup(kind: StoreKind, backend: Backend) -> (Target, TestApp) {
+    let target = Target::new(kind).await;
+    let app = spawn_ready(cache_config(backend, &target).await).await;
+    (target, app)
+}
+
+fn key(id: UserId) -> String {
+    format!("cache:profile:{id}")
+}
+
+async fn hit_and_miss_shapes(kind: StoreKind, backend: Backend) {
+    let (_t, app) = setup(kind, backend).await;
+    let id = UserId::random();
+    let created = create(
+        &app,
+        id,
+        json!({"name": "山田太郎", "email": format!("{id}@example.com")}),
+    )
+    .await;
+
+    let (s, miss) = read(&app, id).await;
+    assert_eq!(s, 200);
+    assert_eq!(miss["cached"], false, "{miss}");
+    assert!(
+        miss.get("cached_at").is_none(),
+        "a miss has no cached_at: {miss}"
+    );
+    assert!(miss["profile"].get("cached_at").is_none());
+    assert_eq!(miss["profile"], created);
+
+    let (s, hit) = read(&app, id).await;
+    assert_eq!(s, 200);
+    assert_eq!(hit["cached"], true, "{hit}");
+    let at = hit["cached_at"].as_str().expect("cached_at on a hit");
+    assert!(at.ends_with('Z'));
+    assert_eq!(hit["profile"]["cached_at"], at);
+    let mut p = hit["profile"].clone();
+    p.as_object_mut().unwrap().remove("cached_at");
+    assert_eq!(p, created, "a hit serves the full profile");
+
+    // The entry is the full profile JSON plus cached_at.
+    let entry: Value = serde_json::from_str(&raw(&app, &key(id)).await.expect("entry")).unwrap();
+    assert_eq!(entry["cached_at"], at);
+    assert_eq!(entry["name"], "山田太郎");
+    assert_eq!(entry["user_id"], id.to_string());
+
+    // /me shares the cache.
+    let (s, me) = json_of(app.get("/api/profiles/me", &tok(id, false)).await).await;
+    assert_eq!(s, 200);
+    assert_eq!(me["cached"], true);
+}
+
+/// Warms the cache for `id` and checks the entry is there.
+async fn warm(app: &TestApp, id: UserId) {
+    read(app, id).await;
+    let (_, b) = read(app, id).await;
+    assert_eq!(b["cached"], true, "warm: {b}");
+}
+
+async fn every_write_invalidates(kind: StoreKind, backend: Backend) {
+    let (_t, app) = setup(kind, backend).await;
+    let id = UserId::random();
+    let owner = tok(id, false);
+    create(&app, id, json!({"name": "v0"})).await;
+    let path = format!("/api/profiles/{id}");
+
+    let writes: Vec<(&str, Method, String, Value)> = vec![
+        ("PUT", Method::PUT, path.clone(), json!({"name": "v1"})),
+        ("PATCH", Method::PATCH, path.clone(), json!({"name": "v2"})),
+        (
+            "POST /profile",
+            Method::POST,
+            "/profile".into(),
+            json!({"name": "v3"}),
+        ),
+        (
+            "PUT /profile",
+            Method::PUT,
+            "/profile".into(),
+            json!({"name": "v4"}),
+        ),
+    ];
+    for (what, method, p, body) in writes {
+        warm(&app, id).await;
+        let res = app.send_json(method, &p, &owner, &body).await;
+        assert_eq!(res.status(), 200, "{what}");
+        assert!(
+            is_marker(&raw(&app, &key(id)).await),
+            "{what} leaves a marker"
+        );
+        let (_, after) = read(&app, id).await;
+        assert_eq!(
+            after["cached"], false,
+            "{what}: first read after a write is a miss"
+        );
+        assert_eq!(after["profile"]["name"], body["name"], "{what}");
+        let (_, again) = read(&app, id).await;
+        assert_eq!(again["cached"], true);
+        assert_eq!(again["profile"]["name"], body["name"]);
+    }
+
+    // last_login updates (recorded off the request path) invalidate too.
+    warm(&app, id).await;
+    app.state
+        .profiles
+        .record_login(id, chrono::Utc::now())
+        .await
+        .unwrap();
+    assert!(
+        is_marker(&raw(&app, &key(id)).await),
+        "record_login leaves a marker"
+    );
+    let (_, after) = read(&app, id).await;
+    assert_eq!(after["cached"], false);
+    assert!(after["profile"]["last_login"].is_string());
+
+    // GET /profile reads through the same cache.
+    let (s, own) = json_of(app.get("/profile", &owner).await).await;
+    assert_eq!(s, 200);
+    assert_eq!(own["name"], "v4");
+}
+
+async fn delete_and_admin_invalidate_remove_all_keys(kind: StoreKind, backend: Backend) {
+    let (_t, app) = setup(kind, backend).await;
+    let keys = |id: UserId| {
+        [
+            key(id),
+            format!("cache:settings:{id}"),
+            format!("cache:preferences:{id}"),
+        ]
+    };
+    for how in ["delete", "admin"] {
+        let id = UserId::random();
+        let owner = tok(id, false);
+        create(&app, id, json!({})).await;
+        warm(&app, id).await;
+        for doc in ["settings", "preferences"] {
+            let p = format!("/api/profiles/{id}/{doc}");
+            app.get(&p, &owner).await;
+            let (_, b) = json_of(app.get(&p, &owner).await).await;
+            assert_eq!(b["cached"], true, "{doc} cached");
+        }
+        for k in keys(id) {
+            let v = raw(&app, &k).await;
+            assert!(
+                v.as_deref().is_some_and(|v| v.contains("cached_at")),
+                "{k} filled: {v:?}"
+            );
+        }
+        if how == "delete" {
+            let res = app.delete(&format!("/api/profiles/{id}"), &owner).await;
+            assert_eq!(res.status(), 204);
+        } else {
+            let res = app
+                .send_json(
+                    Method::POST,
+                    &format!("/api/admin/cache/invalidate/{id}"),
+                    &admin(),
+                    &json!({}),
+                )
+                .await;
+            let (s, body) = json_of(res).await;
+            assert_eq!(s, 200, "{body}");
+            assert_eq!(body["invalidated"].as_array().unwrap().len(), 3);
+        }
+        for k in keys(id) {
+            assert!(is_marker(&raw(&app, &k).await), "{how}: {k} invalidated");
+        }
+        let (s, _) = read(&app, id).await;
+        assert_eq!(s, if how == "delete" { 404 } else { 200 }, "{how}");
+    }
+}
+
+async fn tombstones_are_short_and_create_removes_them(kind: StoreKind, backend: Backend) {
+    let (_t, app) = setup(kind, backend).await;
+    let id = UserId::random();
+    let (s, _) = read(&app, id).await;
+    assert_eq!(s, 404);
+    assert_eq!(
+        raw(&app, &key(id)).await.as_deref(),
+        Some("nf"),
+        "a tombstone"
+    );
+    let ttl = app
+        .state
+        .cache
+        .store()
+        .ttl(&key(id))
+        .await
+        .unwrap()
+        .expect("ttl");
+    assert!(
+        ttl <= Duration::from_secs(30) && ttl > Duration::from_secs(25),
+        "{ttl:?}"
+    );
+    let (s, _) = read(&app, id).await;
+    assert_eq!(s, 404, "the tombstone answers");
+    // Documents of a missing profile are remembered too…
+    let (s, _) = json_of(
+        app.get(&format!("/api/profiles/{id}/settings"), &admin())
+            .await,
+    )
+    .await;
+    assert_eq!(s, 404);
+    assert_eq!(
+        raw(&app, &format!("cache:settings:{id}")).await.as_deref(),
+        Some("nf")
+    );
+    // …and a create removes every tombstone of the user at once.
+    create(&app, id, json!({"name": "born"})).await;
+    assert!(is_marker(&raw(&app, &key(id)).await));
+    let (s, b) = read(&app, id).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["profile"]["name"], "born");
+    let (s, b) = json_of(
+        app.get(&format!("/api/profiles/{id}/settings"), &admin())
+            .await,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["settings"], json!({}));
+
+    // A configured shorter negative TTL is honoured.
+    let mut c = app.config.clone();
+    c.cache.negative_ttl_secs = 2;
+    let app2 = spawn_ready(c).await;
+    let other = UserId::random();
+    read(&app2, other).await;
+    let ttl = app2
+        .state
+        .cache
+        .store()
+        .ttl(&key(other))
+        .await
+        .unwrap()
+        .expect("ttl");
+    assert!(ttl <= Duration::from_secs(2), "{ttl:?}");
+}
+
+async fn ttl_never_exceeds_the_configured_one(kind: StoreKind, backend: Backend) {
+    let target = Target::new(kind).await;
+    let mut c = cache_config(backend, &target).await;
+    c.cache.ttl_secs = 60;
+    c.cache.refresh_ahead_secs = 5;
+    c.cache.jitter_percent = 20;
+    let app = spawn_ready(c).await;
+    let mut ttls = Vec::new();
+    for _ in 0..12 {
+        let id = UserId::random();
+        create(&app, id, json!({})).await;
+        read(&app, id).await;
+        let ttl = app
+            .state
+            .cache
+            .store()
+            .ttl(&key(id))
+            .await
+            .unwrap()
+            .expect("entry ttl");
+        assert!(
+            ttl <= Duration::from_secs(60),
+            "{ttl:?} above the configured TTL"
+        );
+        assert!(
+            ttl >= Duration::from_secs(47),
+            "{ttl:?}: jitter takes at most 20 %"
+        );
+        ttls.push(ttl.as_millis() / 100);
+    }
+    ttls.sort();
+    ttls.dedup();
+    assert!(ttls.len() > 1, "jitter spreads expiries: {ttls:?}");
+}
+
+async fn documents_are_cached(kind: StoreKind, backend: Backend) {
+    let (_t, app) = setup(kind, backend).await;
+    let id = UserId::random();
+    let owner = tok(id, false);
+    create(&app, id, json!({})).await;
+    for doc in ["settings", "preferences"] {
+        let p = format!("/api/profiles/{id}/{doc}");
+        let (s, b) = json_of(app.get(&p, &owner).await).await;
+        assert_eq!(
+            (s, b["cached"].clone(), b[doc].clone()),
+            (200, json!(false), json!({}))
+        );
+        let (_, b) = json_of(app.get(&p, &owner).await).await;
+        assert_eq!(b["cached"], true);
+        let entry: Value =
+            serde_json::from_str(&raw(&app, &format!("cache:{doc}:{id}")).await.unwrap()).unwrap();
+        assert_eq!(entry["data"], json!({}));
+        assert!(entry["cached_at"].is_string());
+        // A PUT invalidates only that document.
+        let body = json!({"theme": "dark", "n": [1, 2]});
+        let (s, _) = json_of(app.send_json(Method::PUT, &p, &owner, &body).await).await;
+        assert_eq!(s, 200);
+        assert!(is_marker(&raw(&app, &format!("cache:{doc}:{id}")).await));
+        let (_, b) = json_of(app.get(&p, &owner).await).await;
+        assert_eq!(
+            (b["cached"].clone(), b[doc].clone()),
+            (json!(false), body.clone())
+        );
+        let (_, b) = json_of(app.get(&p, &owner).await).await;
+        assert_eq!((b["cached"].clone(), b[doc].clone()), (json!(true), body));
+    }
+    // The profile entry was never touched by the document writes.
+    read(&app, id).await;
+    let (_, b) = read(&app, id).await;
+    assert_eq!(b["cached"], true);
+}
+
+async fn batch_counts_and_write_back(kind: StoreKind, backend: Backend) {
+    let (_t, app) = setup(kind, backend).await;
+    let ids: Vec<UserId> = (0..6).map(|_| UserId::random()).collect();
+    for id in &ids[..5] {
+        create(&app, *id, json!({"name": id.to_string()})).await;
+    }
+    for id in &ids[..2] {
+        warm(&app, *id).await;
+    }
+    let unknown = ids[5];
+    // Duplicates are counted once; order of first appearance is kept.
+    let mut sent: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    sent.push(ids[0].to_string());
+    sent.push(ids[3].to_string());
+    let app = &app;
+    let post = |body: Value| async move {
+        json_of(
+            app.send_json(Method::POST, "/api/profiles/batch", &admin(), &body)
+                .await,
+        )
+        .await
+    };
+    let (s, b) = post(json!(sent)).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["count"], 5);
+    assert_eq!(b["cache_hits"], 2, "{b}");
+    assert_eq!(b["cache_misses"], 4, "3 uncached + 1 unknown: {b}");
+    assert_eq!(b["not_found"], json!([unknown.to_string()]));
+    let order: Vec<String> = b["profiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["user_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(order, sent[..5].to_vec());
+    assert!(
+        b["profiles"][0].get("cached_at").is_none(),
+        "batch profiles are plain profiles"
+    );
+
+    // The write-back stored full profiles for the misses and a tombstone for the unknown id.
+    for id in &ids[2..5] {
+        let v = raw(app, &key(*id)).await.expect("written back");
+        let entry: Value = serde_json::from_str(&v).unwrap();
+        assert_eq!(entry["name"], id.to_string());
+        assert!(entry["created_at"].is_string() && entry["cached_at"].is_string());
+        serde_json::from_value::<Profile>(entry).expect("a full profile");
+    }
+    assert_eq!(raw(app, &key(unknown)).await.as_deref(), Some("nf"));
+
+    let (_, b) = post(json!({"user_ids": sent})).await;
+    assert_eq!(b["cache_hits"], 5, "{b}");
+    assert_eq!(
+        b["cache_misses"], 1,
+        "the unknown id is a miss, served by its tombstone"
+    );
+    assert_eq!(b["not_found"], json!([unknown.to_string()]));
+
+    // A single read after a batch fill is a hit.
+    let (_, r) = read(app, ids[4]).await;
+    assert_eq!(r["cached"], true);
+}
+
+fn profile_with_login(at: chrono::DateTime<chrono::Utc>) -> Profile {
+    let now = chrono::Utc::now();
+    Profile {
+        user_id: UserId::random(),
+        first_name: Some("seeded".into()),
+        last_name: None,
+        name: None,
+        email: None,
+        phone: None,
+        address: None,
+        date_of_birth: None,
+        last_login: Some(at),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// Inserts `n` profiles that logged in recently, most recent first (seeding path: no
+/// invalidation markers).
+async fn seed_recent(app: &TestApp, n: usize) -> Vec<UserId> {
+    let now = chrono::Utc::now();
+    let profiles: Vec<Profile> = (0..n)
+        .map(|i| profile_with_login(now - chrono::Duration::minutes(i as i64)))
+        .collect();
+    app.state
+        .profiles
+        .repo()
+        .insert_many(&profiles)
+        .await
+        .unwrap();
+    profiles.iter().map(|p| p.user_id).collect()
+}
+
+async fn prewarm_via_admin_route(kind: StoreKind, backend: Backend) {
+    let target = Target::new(kind).await;
+    let mut c = cache_config(backend, &target).await;
+    c.prewarm.max = 7;
+    c.prewarm.batch_size = 3;
+    let app = spawn_ready(c).await;
+    let ids = seed_recent(&app, 9).await;
+    // One of the candidates is already cached: prewarm leaves it alone.
+    warm(&app, ids[0]).await;
+    let before = raw(&app, &key(ids[0])).await;
+    // An old login is not a candidate.
+    let stale = profile_with_login(chrono::Utc::now() - chrono::Duration::days(30));
+    app.state
+        .profiles
+        .repo()
+        .insert_many(std::slice::from_ref(&stale))
+        .await
+        .unwrap();
+
+    let (s, b) = json_of(
+        app.send_json(
+            Method::POST,
+            "/api/admin/cache/prewarm",
+            &admin(),
+            &json!({}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        b,
+        json!({"prewarmed": 6}),
+        "7 most recent, one already cached"
+    );
+    assert_eq!(
+        raw(&app, &key(ids[0])).await,
+        before,
+        "an existing entry is kept"
+    );
+    for id in &ids[..7] {
+        assert!(
+            raw(&app, &key(*id))
+                .await
+                .is_some_and(|v| v.contains("cached_at"))
+        );
+    }
+    for id in ids[7..].iter().chain([&stale.user_id]) {
+        assert_eq!(raw(&app, &key(*id)).await, None, "not a prewarm candidate");
+    }
+    let (_, r) = read(&app, ids[3]).await;
+    assert_eq!(r["cached"], true);
+    let (_, b) = json_of(
+        app.send_json(
+            Method::POST,
+            "/api/admin/cache/prewarm",
+            &admin(),
+            &json!({}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(b, json!({"prewarmed": 0}), "nothing left to store");
+}
+
+async fn prewarm_at_start(kind: StoreKind, backend: Backend) {
+    let target = Target::new(kind).await;
+    let c = cache_config(backend, &target).await;
+    // A first instance (prewarm off, as in every test config) creates the schema and data.
+    let first = spawn_ready(c.clone()).await;
+    let ids = seed_recent(&first, 5).await;
+    drop(first);
+    let mut c = c;
+    c.prewarm.enabled = true;
+    let app = spawn_ready(c).await;
+    let store = app.state.cache.store().clone();
+    eventually(Duration::from_secs(10), "prewarm at start", || {
+        let store = store.clone();
+        let ids = ids.clone();
+        async move {
+            for id in ids {
+                if store.get(&key(id)).await.ok().flatten().is_none() {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    let (_, r) = read(&app, ids[4]).await;
+    assert_eq!(r["cached"], true);
+}
+
+async fn admin_routes_are_admin_only(kind: StoreKind, backend: Backend) {
+    let (_t, app) = setup(kind, backend).await;
+    let user = tok(UserId::random(), false);
+    let id = UserId::random();
+    for (m, p) in [
+        (Method::GET, "/api/admin/cache/metrics".to_owned()),
+        (Method::DELETE, "/api/admin/cache/metrics".to_owned()),
+        (Method::POST, format!("/api/admin/cache/invalidate/{id}")),
+        (Method::POST, "/api/admin/cache/prewarm".to_owned()),
+    ] {
+        let res = app
+            .client
+            .request(m.clone(), app.url(&p))
+            .bearer_auth(&user)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 403, "{m} {p}");
+        let res = app
+            .client
+            .request(m.clone(), app.url(&p))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401, "{m} {p}");
+    }
+    let res = app
+        .client
+        .post(app.url("/api/admin/cache/invalidate/not-a-uuid"))
+        .bearer_auth(admin())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
+    let (s, m) = json_of(app.get("/api/admin/cache/metrics", &admin()).await).await;
+    assert_eq!(s, 200);
+    for f in ["hits", "misses", "total", "hit_rate"] {
+        assert!(m[f].is_number(), "{m}");
+    }
+}

@@ -1,0 +1,434 @@
+//! What the cache costs, counted: database queries (`db_queries_total` in `/metrics`) and
+//! Redis commands (the SLOWLOG of a test-owned server, set to log every command, filtered
+//! to cache keys so the rate limiter's own commands do not count). Stampede protection,
+//! refresh-ahead across instances, the batch's one MGET / one query / one write-back, the
+//! hot path's single GET, and the shared hit/miss metrics.
+//!
+//! `db_queries_total` is process-wide and `cargo test` runs a binary's tests on threads
+//! of one process, so the tests reading it take `COUNTING` (nextest runs each test in its
+//! own process anyway).
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::{
+    DelayProxy, RedisServer, StoreKind, Target, admin, cache_commands, cache_config, create,
+    eventually, host_port, prom_counter, raw, read, slowlog_reset, spawn_ready,
+};
+use common::{Backend, TestApp, json_of};
+use futures::future::join_all;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+use user_api::domain::UserId;
+
+static COUNTING: Mutex<()> = Mutex::const_new(());
+
+const FETCH: &str = "db_queries_total{op=\"fetch\"}";
+const FETCH_MANY: &str = "db_queries_total{op=\"fetch_many\"}";
+
+fn key(id: UserId) -> String {
+    format!("cache:profile:{id}")
+}
+
+async fn stampede(kind: StoreKind) {
+    let _serial = COUNTING.lock().await;
+    let target = Target::new(kind).await;
+    let app = spawn_ready(cache_config(Backend::Sqlite, &target).await).await;
+    let id = UserId::random();
+    create(&app, id, json!({"name": "popular"})).await;
+    let before = prom_counter(&app, FETCH).await;
+    let answers = join_all((0..50).map(|_| read(&app, id))).await;
+    let after = prom_counter(&app, FETCH).await;
+    assert!(
+        answers
+            .iter()
+            .all(|(s, b)| *s == 200 && b["profile"]["name"] == "popular")
+    );
+    assert_eq!(
+        after - before,
+        1,
+        "50 concurrent misses on one key cost one database read"
+    );
+    // Unknown ids are stampede-protected too, then answered by the tombstone.
+    let unknown = UserId::random();
+    let before = prom_counter(&app, FETCH).await;
+    let answers = join_all((0..30).map(|_| read(&app, unknown))).await;
+    assert!(answers.iter().all(|(s, _)| *s == 404));
+    read(&app, unknown).await;
+    assert_eq!(prom_counter(&app, FETCH).await - before, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stampede_costs_one_read_shared_redis() {
+    stampede(StoreKind::Shared).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stampede_costs_one_read_memory() {
+    stampede(StoreKind::Memory).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stampede_costs_one_read_cluster() {
+    stampede(StoreKind::Cluster).await
+}
+
+async fn refresh_ahead(kind: StoreKind) {
+    let _serial = COUNTING.lock().await;
+    let target = Target::new(kind).await;
+    let mut c = cache_config(Backend::Sqlite, &target).await;
+    c.cache.ttl_secs = 4;
+    c.cache.refresh_ahead_secs = 3;
+    // Two instances on the same Redis and database, each reaching Redis through a proxy
+    // adding 25 ms each way: the refresh one of them starts (SET NX, read, fill) then
+    // takes longer than the other's concurrent GETs, so both see the near-expiry entry
+    // and both try to refresh it. (The in-process store is per instance: one instance; on
+    // the cluster, whose nodes announce their own addresses, no proxy and one instance.)
+    let mut proxies = Vec::new();
+    let (a, b) = match &c.redis_url {
+        Some(url) => {
+            let mut instances = Vec::new();
+            for _ in 0..2 {
+                let proxy = DelayProxy::start(host_port(url), Duration::from_millis(25)).await;
+                let mut far = c.clone();
+                far.redis_url = Some(proxy.url_for(url));
+                proxies.push(proxy);
+                instances.push(spawn_ready(far).await);
+            }
+            let b = instances.pop();
+            (instances.pop().expect("two instances"), b)
+        }
+        None => (spawn_ready(c).await, None),
+    };
+    let id = UserId::random();
+    create(&a, id, json!({"name": "r"})).await;
+    read(&a, id).await;
+    let first = read(&a, id).await.1;
+    assert_eq!(first["cached"], true);
+    let cached_at = first["cached_at"].as_str().unwrap().to_owned();
+
+    // Fresh: a hit far from expiry does not refresh.
+    let before = prom_counter(&a, FETCH).await;
+    read(&a, id).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(prom_counter(&a, FETCH).await, before);
+
+    // Near expiry (< 3 s left of at most 4 s): a hit answers at once with the cached entry…
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = prom_counter(&a, FETCH).await;
+    match &b {
+        None => {
+            let (_, h) = read(&a, id).await;
+            assert_eq!(h["cached"], true);
+            assert_eq!(
+                h["cached_at"],
+                cached_at.as_str(),
+                "served the near-expiry entry"
+            );
+        }
+        Some(b) => {
+            // Both instances see the near-expiry entry, so both try to refresh it.
+            let (on_a, on_b) = tokio::join!(
+                join_all((0..4).map(|_| read(&a, id))),
+                join_all((0..4).map(|_| read(b, id)))
+            );
+            for (s, h) in on_a.iter().chain(&on_b) {
+                assert_eq!((*s, h["cached"].clone()), (200, json!(true)), "{h}");
+            }
+            let saw_old =
+                |v: &Vec<(u16, Value)>| v.iter().any(|(_, h)| h["cached_at"] == cached_at.as_str());
+            assert!(
+                saw_old(&on_a) && saw_old(&on_b),
+                "both instances served the near-expiry entry"
+            );
+        }
+    }
+    // …and the entry is replaced in the background, by one refresher across instances.
+    let store = a.state.cache.store().clone();
+    eventually(Duration::from_secs(2), "entry refreshed", || {
+        let store = store.clone();
+        let cached_at = cached_at.clone();
+        async move {
+            let v = store.get(&key(id)).await.ok().flatten().unwrap_or_default();
+            v.contains("cached_at") && !v.contains(&cached_at)
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        prom_counter(&a, FETCH).await - before,
+        1,
+        "exactly one refresh"
+    );
+    let ttl = store.ttl(&key(id)).await.unwrap().unwrap();
+    assert!(
+        ttl > Duration::from_millis(3000) && ttl <= Duration::from_secs(4),
+        "a fresh TTL: {ttl:?}"
+    );
+    let (_, after) = read(&a, id).await;
+    assert_eq!(after["cached"], true);
+    assert_ne!(after["cached_at"], cached_at.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_ahead_once_across_instances_shared_redis() {
+    refresh_ahead(StoreKind::Shared).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_ahead_cluster() {
+    refresh_ahead(StoreKind::Cluster).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_ahead_memory() {
+    refresh_ahead(StoreKind::Memory).await
+}
+
+/// An app on a test-owned node, with the metrics flush out of the way of command counts.
+async fn counted_app() -> (Target, TestApp) {
+    let target = Target::new(StoreKind::Own).await;
+    let mut c = cache_config(Backend::Sqlite, &target).await;
+    c.redis.metrics_flush_ms = 3_600_000;
+    let app = spawn_ready(c).await;
+    (target, app)
+}
+
+fn server(t: &Target) -> &RedisServer {
+    match t {
+        Target::Own(s) => s,
+        _ => unreachable!(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_get_costs_one_redis_get() {
+    let _serial = COUNTING.lock().await;
+    let (t, app) = counted_app().await;
+    // The fill script is loaded once per server (EVALSHA, SCRIPT LOAD on NOSCRIPT):
+    // another miss first, so the counts below are those of every later request.
+    let other = UserId::random();
+    create(&app, other, json!({})).await;
+    read(&app, other).await;
+    let id = UserId::random();
+    create(&app, id, json!({})).await;
+
+    slowlog_reset(server(&t)).await;
+    let before = prom_counter(&app, FETCH).await;
+    assert_eq!(read(&app, id).await.1["cached"], false);
+    let miss = cache_commands(server(&t)).await;
+    assert_eq!(prom_counter(&app, FETCH).await - before, 1);
+    assert_eq!(
+        miss.len(),
+        2,
+        "a miss: the GET and one guarded fill: {miss:?}"
+    );
+    assert_eq!(miss[0], vec!["GET".to_owned(), key(id)]);
+    assert_eq!(miss[1][0].to_uppercase(), "EVALSHA");
+
+    let entry = raw(&app, &key(id)).await;
+    slowlog_reset(server(&t)).await;
+    let before = prom_counter(&app, FETCH).await;
+    assert_eq!(read(&app, id).await.1["cached"], true);
+    let hit = cache_commands(server(&t)).await;
+    assert_eq!(
+        hit,
+        vec![vec!["GET".to_owned(), key(id)]],
+        "a hit costs exactly one GET"
+    );
+    assert_eq!(
+        prom_counter(&app, FETCH).await,
+        before,
+        "and no database read"
+    );
+    assert_eq!(
+        raw(&app, &key(id)).await,
+        entry,
+        "nothing rewritten on a hit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_costs_one_mget_one_query_one_write_back() {
+    let _serial = COUNTING.lock().await;
+    let (t, app) = counted_app().await;
+    let ids: Vec<UserId> = (0..8).map(|_| UserId::random()).collect();
+    for id in &ids[..6] {
+        create(&app, *id, json!({})).await;
+    }
+    for id in &ids[..3] {
+        read(&app, *id).await;
+    }
+    let body = json!(ids.iter().map(|i| i.to_string()).collect::<Vec<_>>());
+    slowlog_reset(server(&t)).await;
+    let before = prom_counter(&app, FETCH_MANY).await;
+    let fetch_before = prom_counter(&app, FETCH).await;
+    let (s, b) = json_of(
+        app.send_json(Method::POST, "/api/profiles/batch", &admin(), &body)
+            .await,
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        (
+            b["cache_hits"].clone(),
+            b["cache_misses"].clone(),
+            b["count"].clone()
+        ),
+        (json!(3), json!(5), json!(6))
+    );
+    assert_eq!(b["not_found"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        prom_counter(&app, FETCH_MANY).await - before,
+        1,
+        "one database query"
+    );
+    assert_eq!(
+        prom_counter(&app, FETCH).await,
+        fetch_before,
+        "no single reads"
+    );
+    let cmds = cache_commands(server(&t)).await;
+    let names: Vec<String> = cmds.iter().map(|c| c[0].to_uppercase()).collect();
+    assert_eq!(names[0], "MGET", "{cmds:?}");
+    assert_eq!(cmds[0].len(), 9, "one MGET of all eight keys");
+    assert_eq!(
+        names[1..],
+        vec!["EVALSHA"; 5],
+        "one guarded fill per miss (3 profiles, 2 tombstones): {cmds:?}"
+    );
+
+    slowlog_reset(server(&t)).await;
+    let before = prom_counter(&app, FETCH_MANY).await;
+    let (_, b) = json_of(
+        app.send_json(Method::POST, "/api/profiles/batch", &admin(), &body)
+            .await,
+    )
+    .await;
+    assert_eq!(
+        (b["cache_hits"].clone(), b["cache_misses"].clone()),
+        (json!(6), json!(2))
+    );
+    assert_eq!(
+        prom_counter(&app, FETCH_MANY).await,
+        before,
+        "everything answered by the cache"
+    );
+    let cmds = cache_commands(server(&t)).await;
+    assert_eq!(cmds.len(), 1, "just the MGET: {cmds:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_shared_by_instances_and_reset() {
+    let target = Target::new(StoreKind::Own).await;
+    let mut c = cache_config(Backend::Sqlite, &target).await;
+    c.redis.metrics_flush_ms = 200;
+    let a = spawn_ready(c.clone()).await;
+    let b = spawn_ready(c).await;
+    let (s, m) = json_of(
+        a.send_json(
+            Method::DELETE,
+            "/api/admin/cache/metrics",
+            &admin(),
+            &json!({}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        m,
+        json!({"hits": 0, "misses": 0, "total": 0, "hit_rate": 0.0})
+    );
+
+    let id = UserId::random();
+    create(&a, id, json!({})).await;
+    read(&a, id).await; // miss
+    for _ in 0..3 {
+        read(&a, id).await; // hits
+    }
+    for _ in 0..4 {
+        read(&b, id).await; // hits
+    }
+    read(&b, UserId::random()).await; // miss (not found)
+    let expect = json!({"hits": 7, "misses": 2, "total": 9, "hit_rate": 77.78});
+    // Another instance's counts arrive with its next flush.
+    eventually(Duration::from_secs(5), "both instances' counts", || async {
+        json_of(a.get("/api/admin/cache/metrics", &admin()).await)
+            .await
+            .1
+            == expect
+    })
+    .await;
+    // The counters live in Redis under the documented keys.
+    let Target::Own(server) = &target else {
+        unreachable!()
+    };
+    let mut conn = server.conn().await;
+    eventually(Duration::from_secs(5), "flushed to redis", || {
+        let mut conn = conn.clone();
+        async move {
+            let v: (Option<u64>, Option<u64>) = redis::cmd("MGET")
+                .arg("metrics:cache:hits")
+                .arg("metrics:cache:misses")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            v == (Some(7), Some(2))
+        }
+    })
+    .await;
+    let (_, m) = json_of(b.get("/api/admin/cache/metrics", &admin()).await).await;
+    assert_eq!(m, expect, "every instance reports the shared totals");
+
+    let (s, m) = json_of(
+        b.send_json(
+            Method::DELETE,
+            "/api/admin/cache/metrics",
+            &admin(),
+            &json!({}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!((s, m["total"].clone()), (200, json!(0)));
+    let (_, m) = json_of(a.get("/api/admin/cache/metrics", &admin()).await).await;
+    assert_eq!(
+        m,
+        json!({"hits": 0, "misses": 0, "total": 0, "hit_rate": 0.0})
+    );
+    let exists: u64 = redis::cmd("EXISTS")
+        .arg("metrics:cache:hits")
+        .arg("metrics:cache:misses")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_in_process_without_redis() {
+    let target = Target::new(StoreKind::Memory).await;
+    let app = spawn_ready(cache_config(Backend::Sqlite, &target).await).await;
+    let id = UserId::random();
+    create(&app, id, json!({})).await;
+    for _ in 0..4 {
+        read(&app, id).await;
+    }
+    let (_, m): (u16, Value) = json_of(app.get("/api/admin/cache/metrics", &admin()).await).await;
+    assert_eq!(
+        m,
+        json!({"hits": 3, "misses": 1, "total": 4, "hit_rate": 75.0})
+    );
+    app.send_json(
+        Method::DELETE,
+        "/api/admin/cache/metrics",
+        &admin(),
+        &json!({}),
+    )
+    .await;
+    let (_, m) = json_of(app.get("/api/admin/cache/metrics", &admin()).await).await;
+    assert_eq!(m["total"], 0);
+}

@@ -1,0 +1,231 @@
+//! Redis is a helper, never a dependency of correctness (SPEC 4): with a test-owned
+//! `redis-server` killed, paused or absent, reads and writes go on against the database
+//! within the Redis timeout, `/ready` says degraded, and when Redis returns the cache is
+//! used again without a restart. A write acknowledged while Redis was unreachable is never
+//! hidden by the older entry Redis still holds when it comes back.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::redis::{StoreKind, Target, cache_config, create, eventually, read, spawn_ready, tok};
+use common::{Backend, TestApp, json_of};
+use reqwest::Method;
+use serde_json::{Value, json};
+use user_api::domain::UserId;
+
+/// Longest a request may take while Redis is down (the database answers in milliseconds;
+/// the Redis timeout is 50 ms).
+const PATIENCE: Duration = Duration::from_millis(500);
+
+async fn timed_read(app: &TestApp, id: UserId) -> (u16, Value, Duration) {
+    let start = Instant::now();
+    let (s, b) = read(app, id).await;
+    (s, b, start.elapsed())
+}
+
+async fn timed_put(app: &TestApp, id: UserId, name: &str) -> Duration {
+    let start = Instant::now();
+    let res = app
+        .send_json(
+            Method::PUT,
+            &format!("/api/profiles/{id}"),
+            &tok(id, false),
+            &json!({"name": name}),
+        )
+        .await;
+    let took = start.elapsed();
+    assert_eq!(res.status(), 200, "PUT while redis is down");
+    took
+}
+
+async fn ready(app: &TestApp) -> (u16, Value) {
+    json_of(app.client.get(app.url("/ready")).send().await.unwrap()).await
+}
+
+async fn hit_again(app: &TestApp, id: UserId, what: &str) {
+    eventually(Duration::from_secs(10), what, || async {
+        read(app, id).await;
+        read(app, id).await.1["cached"] == true
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_run_then_restarted() {
+    let mut target = Target::new(StoreKind::Own).await;
+    let mut c = cache_config(Backend::Sqlite, &target).await;
+    c.redis.breaker_cooldown_ms = 300;
+    c.redis.timeout_ms = 50;
+    let app = spawn_ready(c).await;
+    let id = UserId::random();
+    create(&app, id, json!({"name": "before"})).await;
+    read(&app, id).await;
+    assert_eq!(read(&app, id).await.1["cached"], true);
+    let (s, r) = ready(&app).await;
+    assert_eq!(
+        (s, r["status"].clone(), r["redis"].clone()),
+        (200, json!("ok"), json!("ok"))
+    );
+
+    target.server().kill();
+    let start = Instant::now();
+    let mut i = 0;
+    while start.elapsed() < Duration::from_secs(2) {
+        i += 1;
+        let name = format!("during-{i}");
+        let took = timed_put(&app, id, &name).await;
+        assert!(took < PATIENCE, "PUT took {took:?} with redis down");
+        let (s, b, took) = timed_read(&app, id).await;
+        assert_eq!(s, 200);
+        assert!(took < PATIENCE, "GET took {took:?} with redis down");
+        assert_eq!(b["profile"]["name"], name, "reads see the writes");
+        assert_eq!(b["cached"], false);
+    }
+    let (s, r) = ready(&app).await;
+    assert_eq!(s, 200, "redis down is degraded, not dead: {r}");
+    assert_eq!(
+        (
+            r["status"].clone(),
+            r["redis"].clone(),
+            r["database"].clone()
+        ),
+        (json!("degraded"), json!("down"), json!("ok"))
+    );
+
+    target.server().restart().await;
+    hit_again(&app, id, "the cache is used again after redis returns").await;
+    let (_, b) = read(&app, id).await;
+    assert_eq!(b["profile"]["name"], format!("during-{i}"));
+    eventually(Duration::from_secs(5), "/ready ok again", || async {
+        ready(&app).await.1["status"] == "ok"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_while_unreachable_is_never_hidden_by_the_old_entry() {
+    let mut target = Target::new(StoreKind::Own).await;
+    let mut c = cache_config(Backend::Sqlite, &target).await;
+    c.redis.breaker_cooldown_ms = 300;
+    c.redis.timeout_ms = 50;
+    let app = spawn_ready(c).await;
+    let id = UserId::random();
+    let key = format!("cache:profile:{id}");
+    create(&app, id, json!({"name": "old"})).await;
+    read(&app, id).await;
+    assert_eq!(
+        read(&app, id).await.1["cached"],
+        true,
+        "the old entry is cached"
+    );
+
+    // Redis goes away with the old entry on disk, the write is acknowledged meanwhile, and
+    // Redis comes back with the old entry (TTL 300 s) still in it.
+    target.server().save();
+    target.server().kill();
+    let took = timed_put(&app, id, "new").await;
+    assert!(took < PATIENCE, "{took:?}");
+    target.server().restart().await;
+    let back = Instant::now();
+    let mut direct = target.server().conn().await;
+    let old: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    assert!(
+        old.as_deref().is_some_and(|v| v.contains("\"old\"")),
+        "the restarted redis holds the old entry: {old:?}"
+    );
+
+    let mut invalidated_after = None;
+    while back.elapsed() < Duration::from_secs(6) {
+        let (s, b) = read(&app, id).await;
+        assert_eq!(s, 200);
+        assert_eq!(
+            b["profile"]["name"], "new",
+            "served the entry older than an acknowledged write: {b}"
+        );
+        if invalidated_after.is_none() {
+            let v: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut direct)
+                .await
+                .unwrap();
+            if !v.as_deref().is_some_and(|v| v.contains("\"old\"")) {
+                invalidated_after = Some(back.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = invalidated_after.expect("the old entry was never invalidated");
+    assert!(
+        after <= Duration::from_secs(5),
+        "invalidated {after:?} after redis returned"
+    );
+    hit_again(&app, id, "cache used again").await;
+    assert_eq!(read(&app, id).await.1["profile"]["name"], "new");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_redis_never_holds_a_request() {
+    let target = Target::new(StoreKind::Own).await;
+    let Target::Own(server) = &target else {
+        unreachable!()
+    };
+    let mut c = cache_config(Backend::Sqlite, &target).await;
+    c.redis.breaker_cooldown_ms = 300;
+    c.redis.timeout_ms = 50;
+    let app = spawn_ready(c).await;
+    let id = UserId::random();
+    create(&app, id, json!({"name": "a"})).await;
+    read(&app, id).await;
+
+    let out = server.cli(&["CLIENT", "PAUSE", "2500", "ALL"]);
+    assert!(out.contains("OK"), "{out}");
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed() < Duration::from_secs(2) {
+        n += 1;
+        let (s, b, took) = timed_read(&app, id).await;
+        assert_eq!(s, 200);
+        assert!(took < PATIENCE, "GET took {took:?} with redis paused");
+        if n > 1 {
+            assert_eq!(b["profile"]["name"], format!("p{}", n - 1));
+        }
+        let took = timed_put(&app, id, &format!("p{n}")).await;
+        assert!(took < PATIENCE, "PUT took {took:?} with redis paused");
+    }
+    assert_eq!(ready(&app).await.1["status"], "degraded");
+    hit_again(&app, id, "cache used again after the pause").await;
+    assert_eq!(read(&app, id).await.1["profile"]["name"], format!("p{n}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_and_serves_while_redis_is_down() {
+    let mut target = Target::new(StoreKind::Own).await;
+    target.server().kill();
+    let mut c = cache_config(Backend::Sqlite, &target).await;
+    c.redis.breaker_cooldown_ms = 300;
+    c.redis.timeout_ms = 50;
+    let start = Instant::now();
+    let app = TestApp::spawn_with(c).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "start-up does not wait for redis"
+    );
+    let id = UserId::random();
+    create(&app, id, json!({"name": "x"})).await;
+    for _ in 0..5 {
+        let (s, _, took) = timed_read(&app, id).await;
+        assert_eq!(s, 200);
+        assert!(took < PATIENCE, "{took:?}");
+    }
+    eventually(Duration::from_secs(5), "/ready degraded", || async {
+        ready(&app).await.1["redis"] == "down"
+    })
+    .await;
+    target.server().restart().await;
+    hit_again(&app, id, "the cache is used once redis is up").await;
+}

@@ -1,0 +1,792 @@
+//! Rate limits on a real single-node Redis (SPEC 5): exactness across instances, TTLs,
+//! headers, window rollover, isolation, per-address limits, the one-round-trip hot path,
+//! and Redis outages. Counters of the shared Redis use fresh random ids (and addresses),
+//! so runs never collide; tests that inspect server-wide statistics or kill Redis own
+//! their `redis-server`.
+
+mod common;
+#[path = "common/redis_servers.rs"]
+mod redis_servers;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Backend, TestApp, json_of, token};
+use redis::AsyncCommands;
+use redis_servers::RedisServer;
+use reqwest::Method;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use user_api::config::{Config, FailMode, RateLimitConfig};
+use user_api::domain::UserId;
+use user_api::ratelimit::Window;
+use user_api::ratelimit::window::now_ms;
+
+/// A test configuration (SQLite: the limiter does not care) on `redis_url`.
+async fn config_on(redis_url: &str) -> Config {
+    let mut c = common::test_config(Backend::Sqlite).await;
+    c.redis_url = Some(redis_url.to_owned());
+    // The production policies (the shared harness relaxes them for other suites).
+    c.rate_limits = RateLimitConfig::default();
+    // Generous for a loaded CI machine: a timeout (correctly) falls back to the instance's
+    // own counter, which is not what most of these tests measure. The outage tests put
+    // the production timeout back.
+    c.redis.timeout_ms = 1_000;
+    c
+}
+
+async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("test redis connection")
+}
+
+/// Waits until the app's Redis client answers (it connects lazily).
+async fn wait_connected(app: &TestApp) {
+    let redis = app.state.redis.as_ref().expect("redis configured");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.query::<String>(&redis::cmd("PING")).await.is_err() {
+        assert!(Instant::now() < deadline, "the app never reached Redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the current window has at least `room` left, so that a test's requests
+/// all fall into one window (hourly windows: at most a few seconds, once an hour).
+async fn window_room(window_secs: u64, room: Duration) {
+    let w = Window::current(window_secs);
+    let left = w.remaining_ms(now_ms());
+    if left < room.as_millis() as u64 {
+        tokio::time::sleep(Duration::from_millis(left + 50)).await;
+    }
+}
+
+/// Sleeps until just after the next window starts.
+async fn next_window(window_secs: u64) {
+    let w = Window::current(window_secs);
+    tokio::time::sleep(Duration::from_millis(w.remaining_ms(now_ms()) + 50)).await;
+}
+
+fn header(res: &reqwest::Response, name: &str) -> String {
+    res.headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("{} has no {name} header", res.status()))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn header_u64(res: &reqwest::Response, name: &str) -> u64 {
+    header(res, name).parse().unwrap()
+}
+
+/// Every `rate:<prefix>*` key with its value and PTTL.
+async fn counters(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) -> Vec<(String, i64, i64)> {
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    keys.sort();
+    keys.dedup();
+    let mut out = Vec::new();
+    for k in keys {
+        let v: i64 = conn.get(&k).await.unwrap();
+        let pttl: i64 = conn.pttl(&k).await.unwrap();
+        out.push((k, v, pttl));
+    }
+    out
+}
+
+/// No counter of `prefix` may live without a TTL (SPEC 5).
+async fn assert_ttls(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) {
+    let found = counters(conn, prefix).await;
+    assert!(!found.is_empty(), "no counters under {prefix}");
+    for (k, _, pttl) in found {
+        assert!(pttl > 0, "{k} has PTTL {pttl}");
+        let ttl: i64 = conn.ttl(&k).await.unwrap();
+        assert!(ttl > 0 && ttl != -1, "{k} has TTL {ttl}");
+    }
+}
+
+/// Sends `n` concurrent GETs of `path`, spread round-robin over `apps`; returns statuses.
+async fn burst(apps: &[&TestApp], path: &str, token: &str, n: usize) -> Vec<u16> {
+    let futures = (0..n).map(|i| {
+        let app = apps[i % apps.len()];
+        async move { app.get(path, token).await.status().as_u16() }
+    });
+    futures::future::join_all(futures).await
+}
+
+fn tally(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|s| **s == status).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exact_across_three_instances() {
+    let started = Instant::now();
+    let config = config_on(&common::redis_url()).await;
+    let a = TestApp::spawn_with(config.clone()).await;
+    let b = TestApp::spawn_with(config.clone()).await;
+    let c = TestApp::spawn_with(config).await;
+    for app in [&a, &b, &c] {
+        wait_connected(app).await;
+    }
+    let id = UserId::random();
+    a.create_profile(id, json!({"name": "Exact"})).await;
+    window_room(3600, Duration::from_secs(10)).await;
+    let statuses = burst(
+        &[&a, &b, &c],
+        &format!("/api/profiles/{id}"),
+        &token(id, false),
+        150,
+    )
+    .await;
+    assert_eq!(tally(&statuses, 200), 100, "{statuses:?}");
+    assert_eq!(tally(&statuses, 429), 50, "{statuses:?}");
+
+    let mut conn = connect(&common::redis_url()).await;
+    let found = counters(&mut conn, &format!("rate:{id}:")).await;
+    let read_key = Window::current(3600).user_key(id, "/api/profiles");
+    let read = found
+        .iter()
+        .find(|(k, _, _)| *k == read_key)
+        .expect("the read counter");
+    assert_eq!(read.1, 150, "rejected requests are counted too");
+    assert_ttls(&mut conn, &format!("rate:{id}:")).await;
+    eprintln!("exact_across_three_instances: {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_agree_with_each_other_and_the_key() {
+    let mut config = config_on(&common::redis_url()).await;
+    config.rate_limits.profiles_read = 3;
+    let app = TestApp::spawn_with(config).await;
+    let id = UserId::random();
+    let t = token(id, false);
+    app.create_profile(id, json!({})).await;
+    window_room(3600, Duration::from_secs(10)).await;
+    let mut conn = connect(&common::redis_url()).await;
+    let key = Window::current(3600).user_key(id, "/api/profiles");
+
+    for n in 1..=3u64 {
+        let res = app.get(&format!("/api/profiles/{id}"), &t).await;
+        assert_eq!(res.status(), 200);
+        let reset = header_u64(&res, "x-ratelimit-reset");
+        assert_eq!(header_u64(&res, "x-ratelimit-limit"), 3);
+        assert_eq!(header_u64(&res, "x-ratelimit-remaining"), 3 - n);
+        assert_eq!(
+            header(&res, "ratelimit-policy"),
+            "\"profiles-read\";q=3;w=3600"
+        );
+        assert_eq!(
+            header(&res, "ratelimit"),
+            format!("\"profiles-read\";r={};t={reset}", 3 - n)
+        );
+        // The reset is the window's end: by our clock and by the key's TTL (which runs 5 s
+        // past it, so that no instance with a slightly slow clock resets it early).
+        let local = Window::current(3600).remaining_ms(now_ms()).div_ceil(1000);
+        assert!(
+            reset.abs_diff(local) <= 2,
+            "reset {reset}, window ends in {local}"
+        );
+        let pttl: i64 = conn.pttl(&key).await.unwrap();
+        let key_reset = (pttl as u64).saturating_sub(5_000).div_ceil(1000);
+        assert!(
+            reset.abs_diff(key_reset) <= 2,
+            "reset {reset}, key says {key_reset}"
+        );
+        assert!((1..=3600).contains(&reset));
+    }
+
+    let res = app.get(&format!("/api/profiles/{id}"), &t).await;
+    assert_eq!(res.status(), 429);
+    let retry_after = header_u64(&res, "retry-after");
+    let reset = header_u64(&res, "x-ratelimit-reset");
+    assert_eq!(retry_after, reset);
+    let to_end = Window::current(3600).remaining_ms(now_ms()) / 1000;
+    assert!(
+        retry_after >= to_end,
+        "Retry-After {retry_after} before the window's end ({to_end} s)"
+    );
+    assert_eq!(header_u64(&res, "x-ratelimit-remaining"), 0);
+    assert_eq!(
+        header(&res, "ratelimit"),
+        format!("\"profiles-read\";r=0;t={reset}")
+    );
+    let (_, body) = json_of(res).await;
+    assert_eq!(
+        body["detail"],
+        format!("Rate limit exceeded. Try again in {retry_after} seconds.")
+    );
+    let count: i64 = conn.get(&key).await.unwrap();
+    assert_eq!(count, 4);
+
+    // Error answers carry the headers too (403: another user's profile; 422: a bad id).
+    let other = UserId::random();
+    let t2 = token(other, false);
+    let res = app.get(&format!("/api/profiles/{id}"), &t2).await;
+    assert_eq!(res.status(), 403);
+    assert_eq!(header_u64(&res, "x-ratelimit-remaining"), 2);
+    let res = app.get("/api/profiles/not-a-uuid", &t2).await;
+    assert_eq!(res.status(), 422);
+    assert_eq!(header_u64(&res, "x-ratelimit-remaining"), 1);
+    // Unlimited routes carry none.
+    let res = app.client.get(app.url("/health")).send().await.unwrap();
+    assert!(res.headers().get("x-ratelimit-limit").is_none());
+    let res = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert!(res.headers().get("ratelimit").is_none());
+    assert_ttls(&mut conn, &format!("rate:{id}:")).await;
+    assert_ttls(&mut conn, &format!("rate:{other}:")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_without_ttl_is_repaired() {
+    let app = TestApp::spawn_with(config_on(&common::redis_url()).await).await;
+    let id = UserId::random();
+    window_room(3600, Duration::from_secs(10)).await;
+    let key = Window::current(3600).user_key(id, "/api/profiles");
+    let mut conn = connect(&common::redis_url()).await;
+    // As an older version (INCR, then a crash before EXPIRE) could have left it.
+    let _: () = conn.set(&key, 5).await.unwrap();
+    let res = app.get("/api/profiles/me", &token(id, false)).await;
+    assert_eq!(header_u64(&res, "x-ratelimit-remaining"), 94);
+    let pttl: i64 = conn.pttl(&key).await.unwrap();
+    assert!(pttl > 0, "PTTL {pttl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_window_rolls_over() {
+    let mut config = config_on(&common::redis_url()).await;
+    config.rate_limits.window_secs = 2;
+    config.rate_limits.profiles_read = 3;
+    let app = TestApp::spawn_with(config).await;
+    let id = UserId::random();
+    let t = token(id, false);
+    let path = "/api/profiles/me";
+    next_window(2).await;
+    let window = Window::current(2);
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let res = app.get(path, &t).await;
+        assert_eq!(
+            header(&res, "ratelimit-policy"),
+            "\"profiles-read\";q=3;w=2"
+        );
+        assert!(header_u64(&res, "x-ratelimit-reset") <= 2);
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(
+        window,
+        Window::current(2),
+        "the burst took longer than the window"
+    );
+    assert_eq!(statuses, [404, 404, 404, 429]);
+
+    let mut conn = connect(&common::redis_url()).await;
+    let key = window.user_key(id, "/api/profiles");
+    assert_eq!(
+        key.rsplit(':').next().unwrap().len(),
+        14,
+        "yyyyMMddHHmmss: {key}"
+    );
+    let pttl: i64 = conn.pttl(&key).await.unwrap();
+    assert!(pttl > 0 && pttl <= 7_000, "PTTL {pttl}");
+
+    next_window(2).await;
+    let res = app.get(path, &t).await;
+    assert_eq!(res.status(), 404, "a new window starts from zero");
+    assert_eq!(header_u64(&res, "x-ratelimit-remaining"), 2);
+    assert_ttls(&mut conn, &format!("rate:{id}:")).await;
+}
+
+async fn put(app: &TestApp, t: &str, id: UserId) -> reqwest::Response {
+    app.send_json(
+        Method::PUT,
+        &format!("/api/profiles/{id}"),
+        t,
+        &json!({"name": "x"}),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_and_policies_are_isolated() {
+    let mut config = config_on(&common::redis_url()).await;
+    config.rate_limits.profiles_update = 2;
+    let app = TestApp::spawn_with(config).await;
+    window_room(3600, Duration::from_secs(10)).await;
+    let (a, b) = (UserId::random(), UserId::random());
+    let (ta, tb) = (token(a, false), token(b, false));
+
+    app.create_profile(a, json!({})).await; // update 1 of 2
+    let res = put(&app, &ta, a).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        header(&res, "ratelimit"),
+        format!(
+            "\"profiles-update\";r=0;t={}",
+            header(&res, "x-ratelimit-reset")
+        )
+    );
+    let res = put(&app, &ta, a).await;
+    assert_eq!(res.status(), 429);
+    assert_eq!(
+        header(&res, "ratelimit-policy"),
+        "\"profiles-update\";q=2;w=3600"
+    );
+    // Document writes share the update counter.
+    let res = app
+        .send_json(
+            Method::PUT,
+            &format!("/api/profiles/{a}/settings"),
+            &ta,
+            &json!({"k": 1}),
+        )
+        .await;
+    assert_eq!(res.status(), 429);
+
+    // Another user is not affected, nor are A's reads.
+    app.create_profile(b, json!({})).await;
+    assert_eq!(put(&app, &tb, b).await.status(), 200);
+    let mut remaining = Vec::new();
+    for path in [
+        format!("/api/profiles/{a}"),
+        format!("/api/profiles/{a}/settings"),
+        format!("/api/profiles/{a}/preferences"),
+        "/api/profiles/me".to_owned(),
+        "/profile".to_owned(),
+    ] {
+        let res = app.get(&path, &ta).await;
+        assert_eq!(res.status(), 200, "{path}");
+        assert_eq!(
+            header(&res, "ratelimit-policy"),
+            "\"profiles-read\";q=100;w=3600"
+        );
+        remaining.push(header_u64(&res, "x-ratelimit-remaining"));
+    }
+    assert_eq!(
+        remaining,
+        [99, 98, 97, 96, 95],
+        "every read shares one counter"
+    );
+
+    let mut conn = connect(&common::redis_url()).await;
+    let keys: Vec<(String, i64)> = counters(&mut conn, &format!("rate:{a}:"))
+        .await
+        .into_iter()
+        .map(|(k, v, _)| (k, v))
+        .collect();
+    let w = Window::current(3600);
+    let mut expected = vec![
+        (w.user_key(a, "/api/profiles"), 5),
+        (w.user_key(a, "/api/profiles/update"), 4),
+    ];
+    expected.sort();
+    assert_eq!(keys, expected);
+    assert_ttls(&mut conn, &format!("rate:{a}:")).await;
+    assert_ttls(&mut conn, &format!("rate:{b}:")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_share_one_counter_per_policy_and_template() {
+    let app = TestApp::spawn_with(config_on(&common::redis_url()).await).await;
+    window_room(3600, Duration::from_secs(10)).await;
+    let admin = UserId::random();
+    let t = token(admin, true);
+    for n in 1..=5u64 {
+        let res = app
+            .get(&format!("/api/profiles/{}", UserId::random()), &t)
+            .await;
+        assert_eq!(res.status(), 404);
+        assert_eq!(header_u64(&res, "x-ratelimit-remaining"), 100 - n);
+    }
+    for _ in 0..2 {
+        let path = format!("/api/admin/cache/invalidate/{}", UserId::random());
+        let res = app.send_json(Method::POST, &path, &t, &json!({})).await;
+        assert!(res.status().is_success(), "{}", res.status());
+        assert_eq!(header(&res, "ratelimit-policy"), "\"default\";q=100;w=3600");
+    }
+    let res = app
+        .send_json(
+            Method::POST,
+            "/api/profiles/batch",
+            &t,
+            &json!([UserId::random().to_string()]),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        header(&res, "ratelimit-policy"),
+        "\"profiles-batch\";q=20;w=3600"
+    );
+    assert_eq!(header_u64(&res, "x-ratelimit-remaining"), 19);
+
+    let mut conn = connect(&common::redis_url()).await;
+    let keys: Vec<(String, i64)> = counters(&mut conn, &format!("rate:{admin}:"))
+        .await
+        .into_iter()
+        .map(|(k, v, _)| (k, v))
+        .collect();
+    let w = Window::current(3600);
+    let mut expected = vec![
+        (w.user_key(admin, "/api/profiles"), 5),
+        (
+            w.user_key(admin, "/api/admin/cache/invalidate/{user_id}"),
+            2,
+        ),
+        (w.user_key(admin, "/api/profiles/batch"), 1),
+    ];
+    expected.sort();
+    assert_eq!(keys, expected, "ids in paths never mint counters");
+    assert_ttls(&mut conn, &format!("rate:{admin}:")).await;
+}
+
+/// An address nobody else uses, passed through a trusted `X-Forwarded-For`.
+fn fresh_address() -> String {
+    let u = uuid::Uuid::new_v4().as_u128();
+    std::net::Ipv6Addr::from((0xfd00u128 << 112) | (u >> 16)).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentication_is_limited_per_address() {
+    let mut config = config_on(&common::redis_url()).await;
+    config.rate_limits.per_address = 5;
+    config.rate_limits.trust_forwarded_for = true;
+    let app = TestApp::spawn_with(config).await;
+    window_room(3600, Duration::from_secs(10)).await;
+    let addr = fresh_address();
+    let from = |addr: &str, auth: Option<&str>| {
+        let mut req = app
+            .client
+            .get(app.url("/api/profiles/me"))
+            .header("x-forwarded-for", format!("{addr}, 10.0.0.1"));
+        if let Some(t) = auth {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    let user = UserId::random();
+    let known = token(user, false);
+    // A valid token never counts against its address.
+    assert_eq!(from(&addr, Some(&known)).await.unwrap().status(), 404);
+
+    for n in 1..=5u64 {
+        let auth = if n % 2 == 0 {
+            None
+        } else {
+            Some("not.a-valid.token")
+        };
+        let res = from(&addr, auth).await.unwrap();
+        assert_eq!(res.status(), 401);
+        assert_eq!(
+            header(&res, "ratelimit-policy"),
+            "\"per-address\";q=5;w=3600"
+        );
+        assert_eq!(header_u64(&res, "x-ratelimit-remaining"), 5 - n);
+    }
+    let res = from(&addr, Some("still.not-valid.token")).await.unwrap();
+    assert_eq!(res.status(), 429);
+    assert!(header_u64(&res, "retry-after") >= 1);
+    assert_eq!(header(&res, "ratelimit").split(';').nth(1), Some("r=0"));
+
+    // Blocked: refused before the signature is looked at: even a valid token never seen
+    // from this address is refused (so guesses teach nothing), and nothing reaches Redis.
+    let fresh = token(UserId::random(), false);
+    let res = from(&addr, Some(&fresh)).await.unwrap();
+    assert_eq!(res.status(), 429);
+    let (_, body) = json_of(res).await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("Rate limit exceeded.")
+    );
+    for _ in 0..3 {
+        assert_eq!(from(&addr, Some("x.y.z")).await.unwrap().status(), 429);
+    }
+    // The caller who was already using this address keeps working.
+    let res = from(&addr, Some(&known)).await.unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(
+        header(&res, "ratelimit-policy"),
+        "\"profiles-read\";q=100;w=3600"
+    );
+    // Other addresses are unaffected.
+    assert_eq!(from(&fresh_address(), None).await.unwrap().status(), 401);
+    assert_eq!(
+        from(&fresh_address(), Some(&fresh)).await.unwrap().status(),
+        404
+    );
+
+    let mut conn = connect(&common::redis_url()).await;
+    let ip: std::net::IpAddr = addr.parse().unwrap();
+    let key = Window::current(3600).address_key(ip);
+    let count: i64 = conn.get(&key).await.unwrap();
+    assert_eq!(
+        count, 6,
+        "requests refused in process are not sent to Redis"
+    );
+    assert_ttls(&mut conn, &format!("rate:ip:{ip}:")).await;
+}
+
+/// A TCP proxy that counts request/response round trips: a burst of bytes from the client
+/// after the server last answered is one round trip, whatever it contains.
+struct RoundTrips {
+    port: u16,
+    count: Arc<AtomicU64>,
+}
+
+impl RoundTrips {
+    async fn start(upstream: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let count = Arc::new(AtomicU64::new(0));
+        let total = count.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    continue;
+                };
+                let waiting = Arc::new(AtomicBool::new(false));
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let (w, t) = (waiting.clone(), total.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = cr.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        // Counted before forwarding, so the answer cannot overtake it.
+                        if !w.swap(true, Ordering::SeqCst) {
+                            t.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = sr.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        waiting.store(false, Ordering::SeqCst);
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, count }
+    }
+
+    fn get(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+/// `cmdstat_<name>` calls from INFO commandstats.
+fn command_calls(info: &str) -> Vec<(String, u64)> {
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_read_costs_one_round_trip() {
+    let server = RedisServer::start().await;
+    let proxy = RoundTrips::start(server.port).await;
+    let mut config = config_on(&format!("redis://127.0.0.1:{}", proxy.port)).await;
+    // Nothing in the background may talk to Redis while the test counts.
+    config.redis.metrics_flush_ms = 600_000;
+    config.redis.outbox_poll_ms = 600_000;
+    let app = TestApp::spawn_with(config).await;
+    let id = UserId::random();
+    // No `iat`: the last-login update (a write, so an invalidation) stays out of the way.
+    let now = chrono::Utc::now().timestamp();
+    let t = common::sign(&json!({"sub": id.to_string(), "role": "user", "exp": now + 600}));
+    app.create_profile(id, json!({"name": "Hot"})).await;
+    let path = format!("/api/profiles/{id}");
+    // Twice, apart: the create's own last-login update may invalidate the first fill.
+    for _ in 0..2 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            assert!(Instant::now() < deadline, "the profile never became cached");
+            let (s, body) = json_of(app.get(&path, &t).await).await;
+            assert_eq!(s, 200);
+            if body["cached"] == true {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut direct = server.connection().await.unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    let before = proxy.get();
+
+    let (s, body) = json_of(app.get(&path, &t).await).await;
+    assert_eq!((s, &body["cached"]), (200, &json!(true)));
+    let trips = proxy.get() - before;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut direct)
+        .await
+        .unwrap();
+    let calls = command_calls(&info);
+    let calls_of = |n: &str| calls.iter().find(|(c, _)| c == n).map_or(0, |(_, k)| *k);
+    assert_eq!(calls_of("evalsha"), 1, "{calls:?}");
+    assert_eq!(calls_of("get"), 1, "{calls:?}");
+    for (name, _) in &calls {
+        // The script's own commands, and this test's INFO and CONFIG.
+        assert!(
+            [
+                "evalsha",
+                "get",
+                "incr",
+                "pttl",
+                "pexpireat",
+                "info",
+                "config|resetstat"
+            ]
+            .contains(&name.as_str()),
+            "unexpected command {name} on the hot path: {calls:?}"
+        );
+    }
+    assert_eq!(
+        trips, 1,
+        "the rate-limit script and the cache GET share one round trip: {trips} ({calls:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_fails_open_to_local_limits() {
+    let mut server = RedisServer::start().await;
+    let mut config = config_on(&server.url()).await;
+    // Short, as in production, yet safe from timeouts on a loaded CI machine before the outage.
+    config.redis.timeout_ms = 250;
+    config.rate_limits.profiles_read = 5;
+    let app = TestApp::spawn_with(config).await;
+    wait_connected(&app).await;
+    let id = UserId::random();
+    let t = token(id, false);
+    window_room(3600, Duration::from_secs(10)).await;
+    for _ in 0..2 {
+        assert_eq!(app.get("/api/profiles/me", &t).await.status(), 404);
+    }
+    let mut conn = server.connection().await.unwrap();
+    let count: i64 = conn
+        .get(Window::current(3600).user_key(id, "/api/profiles"))
+        .await
+        .unwrap();
+    assert_eq!(count, 2);
+    server.stop();
+
+    // The instance's own counter enforces the policy (for a caller it has never counted
+    // locally, from zero; the Redis count is out of reach).
+    let t = token(UserId::random(), false);
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        let start = Instant::now();
+        let res = app.get("/api/profiles/me", &t).await;
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            start.elapsed()
+        );
+        statuses.push(res.status().as_u16());
+        if res.status() == 429 {
+            assert_eq!(
+                header(&res, "ratelimit-policy"),
+                "\"profiles-read\";q=5;w=3600"
+            );
+        }
+    }
+    assert_eq!(statuses, [404, 404, 404, 404, 404, 429, 429]);
+    // Per-address counting degrades the same way.
+    let res = app.get("/api/profiles/me", "bad.token.here").await;
+    assert_eq!(res.status(), 401);
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("ratelimit_fallback_total"), "{metrics}");
+    assert!(
+        metrics.contains("ratelimit_store_errors_total"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("ratelimit_rejections_total{policy=\"profiles-read\"}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_fails_closed_with_503() {
+    let mut server = RedisServer::start().await;
+    let mut config = config_on(&server.url()).await;
+    config.redis.timeout_ms = 250;
+    config.rate_limits.fail = FailMode::Closed;
+    let app = TestApp::spawn_with(config).await;
+    wait_connected(&app).await;
+    let id = UserId::random();
+    let t = token(id, false);
+    assert_eq!(app.get("/api/profiles/me", &t).await.status(), 404);
+    server.stop();
+    for _ in 0..5 {
+        let start = Instant::now();
+        let res = app.get("/api/profiles/me", &t).await;
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            start.elapsed()
+        );
+        let (status, body) = json_of(res).await;
+        assert_eq!(status, 503);
+        assert!(
+            body["detail"].as_str().unwrap().contains("Rate limiter"),
+            "{body}"
+        );
+    }
+    // Unlimited routes still answer.
+    let res = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+}
