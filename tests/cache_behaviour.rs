@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::redis::{
-    StoreKind, Target, admin, cache_config, create, eventually, is_marker, raw, read, spawn_ready,
-    tok,
+    StoreKind, Target, admin, as_admin, cache_config, create, eventually, is_marker, raw, raw_ttl,
+    read, spawn_ready, tok,
 };
 use common::{Backend, TestApp, json_of};
 use reqwest::Method;
@@ -212,15 +212,13 @@ async fn delete_and_admin_invalidate_remove_all_keys(kind: StoreKind, backend: B
             let res = app.delete(&format!("/api/profiles/{id}"), &owner).await;
             assert_eq!(res.status(), 204);
         } else {
-            let res = app
-                .send_json(
-                    Method::POST,
-                    &format!("/api/admin/cache/invalidate/{id}"),
-                    &admin(),
-                    &json!({}),
-                )
-                .await;
-            let (s, body) = json_of(res).await;
+            let (s, body) = as_admin(
+                &app,
+                Method::POST,
+                &format!("/api/admin/cache/invalidate/{id}"),
+                &json!({}),
+            )
+            .await;
             assert_eq!(s, 200, "{body}");
             assert_eq!(body["invalidated"].as_array().unwrap().len(), 3);
         }
@@ -242,14 +240,7 @@ async fn tombstones_are_short_and_create_removes_them(kind: StoreKind, backend: 
         Some("nf"),
         "a tombstone"
     );
-    let ttl = app
-        .state
-        .cache
-        .store()
-        .ttl(&key(id))
-        .await
-        .unwrap()
-        .expect("ttl");
+    let ttl = raw_ttl(&app, &key(id)).await;
     assert!(
         ttl <= Duration::from_secs(30) && ttl > Duration::from_secs(25),
         "{ttl:?}"
@@ -287,14 +278,7 @@ async fn tombstones_are_short_and_create_removes_them(kind: StoreKind, backend: 
     let app2 = spawn_ready(c).await;
     let other = UserId::random();
     read(&app2, other).await;
-    let ttl = app2
-        .state
-        .cache
-        .store()
-        .ttl(&key(other))
-        .await
-        .unwrap()
-        .expect("ttl");
+    let ttl = raw_ttl(&app2, &key(other)).await;
     assert!(ttl <= Duration::from_secs(2), "{ttl:?}");
 }
 
@@ -310,14 +294,7 @@ async fn ttl_never_exceeds_the_configured_one(kind: StoreKind, backend: Backend)
         let id = UserId::random();
         create(&app, id, json!({})).await;
         read(&app, id).await;
-        let ttl = app
-            .state
-            .cache
-            .store()
-            .ttl(&key(id))
-            .await
-            .unwrap()
-            .expect("entry ttl");
+        let ttl = raw_ttl(&app, &key(id)).await;
         assert!(
             ttl <= Duration::from_secs(60),
             "{ttl:?} above the configured TTL"
@@ -386,11 +363,7 @@ async fn batch_counts_and_write_back(kind: StoreKind, backend: Backend) {
     sent.push(ids[3].to_string());
     let app = &app;
     let post = |body: Value| async move {
-        json_of(
-            app.send_json(Method::POST, "/api/profiles/batch", &admin(), &body)
-                .await,
-        )
-        .await
+        as_admin(app, Method::POST, "/api/profiles/batch", &body).await
     };
     let (s, b) = post(json!(sent)).await;
     assert_eq!(s, 200, "{b}");
@@ -466,6 +439,11 @@ async fn seed_recent(app: &TestApp, n: usize) -> Vec<UserId> {
     profiles.iter().map(|p| p.user_id).collect()
 }
 
+/// `POST /api/admin/cache/prewarm` as an admin.
+async fn prewarm(app: &TestApp) -> (u16, Value) {
+    as_admin(app, Method::POST, "/api/admin/cache/prewarm", &json!({})).await
+}
+
 async fn prewarm_via_admin_route(kind: StoreKind, backend: Backend) {
     let target = Target::new(kind).await;
     let mut c = cache_config(backend, &target).await;
@@ -485,16 +463,7 @@ async fn prewarm_via_admin_route(kind: StoreKind, backend: Backend) {
         .await
         .unwrap();
 
-    let (s, b) = json_of(
-        app.send_json(
-            Method::POST,
-            "/api/admin/cache/prewarm",
-            &admin(),
-            &json!({}),
-        )
-        .await,
-    )
-    .await;
+    let (s, b) = prewarm(&app).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(
         b,
@@ -518,16 +487,7 @@ async fn prewarm_via_admin_route(kind: StoreKind, backend: Backend) {
     }
     let (_, r) = read(&app, ids[3]).await;
     assert_eq!(r["cached"], true);
-    let (_, b) = json_of(
-        app.send_json(
-            Method::POST,
-            "/api/admin/cache/prewarm",
-            &admin(),
-            &json!({}),
-        )
-        .await,
-    )
-    .await;
+    let (_, b) = prewarm(&app).await;
     assert_eq!(b, json!({"prewarmed": 0}), "nothing left to store");
 }
 

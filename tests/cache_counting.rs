@@ -13,8 +13,8 @@ mod common;
 use std::time::Duration;
 
 use common::redis::{
-    DelayProxy, RedisServer, StoreKind, Target, admin, cache_commands, cache_config, create,
-    eventually, host_port, prom_counter, raw, read, slowlog_reset, spawn_ready,
+    DelayProxy, RedisServer, StoreKind, Target, admin, as_admin, cache_commands, cache_config,
+    create, eventually, host_port, prom_counter, raw, read, slowlog_reset, spawn_ready,
 };
 use common::{Backend, TestApp, json_of};
 use futures::future::join_all;
@@ -265,11 +265,7 @@ async fn batch_costs_one_mget_one_query_one_write_back() {
     slowlog_reset(server(&t)).await;
     let before = prom_counter(&app, FETCH_MANY).await;
     let fetch_before = prom_counter(&app, FETCH).await;
-    let (s, b) = json_of(
-        app.send_json(Method::POST, "/api/profiles/batch", &admin(), &body)
-            .await,
-    )
-    .await;
+    let (s, b) = as_admin(&app, Method::POST, "/api/profiles/batch", &body).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(
         (
@@ -302,11 +298,7 @@ async fn batch_costs_one_mget_one_query_one_write_back() {
 
     slowlog_reset(server(&t)).await;
     let before = prom_counter(&app, FETCH_MANY).await;
-    let (_, b) = json_of(
-        app.send_json(Method::POST, "/api/profiles/batch", &admin(), &body)
-            .await,
-    )
-    .await;
+    let (_, b) = as_admin(&app, Method::POST, "/api/profiles/batch", &body).await;
     assert_eq!(
         (b["cache_hits"].clone(), b["cache_misses"].clone()),
         (json!(6), json!(2))
@@ -320,6 +312,11 @@ async fn batch_costs_one_mget_one_query_one_write_back() {
     assert_eq!(cmds.len(), 1, "just the MGET: {cmds:?}");
 }
 
+/// `DELETE /api/admin/cache/metrics` as an admin.
+async fn reset_metrics(app: &TestApp) -> (u16, Value) {
+    as_admin(app, Method::DELETE, "/api/admin/cache/metrics", &json!({})).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_shared_by_instances_and_reset() {
     let target = Target::new(StoreKind::Own).await;
@@ -327,16 +324,7 @@ async fn metrics_are_shared_by_instances_and_reset() {
     c.redis.metrics_flush_ms = 200;
     let a = spawn_ready(c.clone()).await;
     let b = spawn_ready(c).await;
-    let (s, m) = json_of(
-        a.send_json(
-            Method::DELETE,
-            "/api/admin/cache/metrics",
-            &admin(),
-            &json!({}),
-        )
-        .await,
-    )
-    .await;
+    let (s, m) = reset_metrics(&a).await;
     assert_eq!(s, 200);
     assert_eq!(
         m,
@@ -383,16 +371,7 @@ async fn metrics_are_shared_by_instances_and_reset() {
     let (_, m) = json_of(b.get("/api/admin/cache/metrics", &admin()).await).await;
     assert_eq!(m, expect, "every instance reports the shared totals");
 
-    let (s, m) = json_of(
-        b.send_json(
-            Method::DELETE,
-            "/api/admin/cache/metrics",
-            &admin(),
-            &json!({}),
-        )
-        .await,
-    )
-    .await;
+    let (s, m) = reset_metrics(&b).await;
     assert_eq!((s, m["total"].clone()), (200, json!(0)));
     let (_, m) = json_of(a.get("/api/admin/cache/metrics", &admin()).await).await;
     assert_eq!(
@@ -422,13 +401,7 @@ async fn metrics_in_process_without_redis() {
         m,
         json!({"hits": 3, "misses": 1, "total": 4, "hit_rate": 75.0})
     );
-    app.send_json(
-        Method::DELETE,
-        "/api/admin/cache/metrics",
-        &admin(),
-        &json!({}),
-    )
-    .await;
+    reset_metrics(&app).await;
     let (_, m) = json_of(app.get("/api/admin/cache/metrics", &admin()).await).await;
     assert_eq!(m["total"], 0);
 }

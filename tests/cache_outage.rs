@@ -12,6 +12,7 @@ use common::redis::{StoreKind, Target, cache_config, create, eventually, read, s
 use common::{Backend, TestApp, json_of};
 use reqwest::Method;
 use serde_json::{Value, json};
+use user_api::config::Config;
 use user_api::domain::UserId;
 
 /// Longest a request may take while Redis is down (the database answers in milliseconds;
@@ -40,7 +41,23 @@ async fn timed_put(app: &TestApp, id: UserId, name: &str) -> Duration {
 }
 
 async fn ready(app: &TestApp) -> (u16, Value) {
-    json_of(app.client.get(app.url("/ready")).send().await.unwrap()).await
+    json_of(app.get_anonymous("/ready").await).await
+}
+
+/// A configuration on `target` with the production Redis timeout and a short breaker
+/// cooldown, so that an outage is noticed, and its end, within a test's patience.
+async fn outage_config(target: &Target) -> Config {
+    let mut c = cache_config(Backend::Sqlite, target).await;
+    c.redis.breaker_cooldown_ms = 300;
+    c.redis.timeout_ms = 50;
+    c
+}
+
+/// An app on [`outage_config`] and a test-owned node, connected.
+async fn outage_app() -> (Target, TestApp) {
+    let target = Target::new(StoreKind::Own).await;
+    let app = spawn_ready(outage_config(&target).await).await;
+    (target, app)
 }
 
 async fn hit_again(app: &TestApp, id: UserId, what: &str) {
@@ -53,11 +70,7 @@ async fn hit_again(app: &TestApp, id: UserId, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_run_then_restarted() {
-    let mut target = Target::new(StoreKind::Own).await;
-    let mut c = cache_config(Backend::Sqlite, &target).await;
-    c.redis.breaker_cooldown_ms = 300;
-    c.redis.timeout_ms = 50;
-    let app = spawn_ready(c).await;
+    let (mut target, app) = outage_app().await;
     let id = UserId::random();
     create(&app, id, json!({"name": "before"})).await;
     read(&app, id).await;
@@ -105,11 +118,7 @@ async fn redis_killed_mid_run_then_restarted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_while_unreachable_is_never_hidden_by_the_old_entry() {
-    let mut target = Target::new(StoreKind::Own).await;
-    let mut c = cache_config(Backend::Sqlite, &target).await;
-    c.redis.breaker_cooldown_ms = 300;
-    c.redis.timeout_ms = 50;
-    let app = spawn_ready(c).await;
+    let (mut target, app) = outage_app().await;
     let id = UserId::random();
     let key = format!("cache:profile:{id}");
     create(&app, id, json!({"name": "old"})).await;
@@ -170,14 +179,10 @@ async fn write_while_unreachable_is_never_hidden_by_the_old_entry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_redis_never_holds_a_request() {
-    let target = Target::new(StoreKind::Own).await;
+    let (target, app) = outage_app().await;
     let Target::Own(server) = &target else {
         unreachable!()
     };
-    let mut c = cache_config(Backend::Sqlite, &target).await;
-    c.redis.breaker_cooldown_ms = 300;
-    c.redis.timeout_ms = 50;
-    let app = spawn_ready(c).await;
     let id = UserId::random();
     create(&app, id, json!({"name": "a"})).await;
     read(&app, id).await;
@@ -206,9 +211,7 @@ async fn paused_redis_never_holds_a_request() {
 async fn starts_and_serves_while_redis_is_down() {
     let mut target = Target::new(StoreKind::Own).await;
     target.server().kill();
-    let mut c = cache_config(Backend::Sqlite, &target).await;
-    c.redis.breaker_cooldown_ms = 300;
-    c.redis.timeout_ms = 50;
+    let c = outage_config(&target).await;
     let start = Instant::now();
     let app = TestApp::spawn_with(c).await;
     assert!(

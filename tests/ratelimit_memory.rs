@@ -5,30 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Backend, TestApp, json_of, token};
-use user_api::config::{Config, RateLimitConfig};
+use common::ratelimit::{burst, config, header_u64, next_window, tally, window_room};
+use common::{TestApp, json_of, token};
 use user_api::domain::UserId;
 use user_api::ratelimit::Window;
-use user_api::ratelimit::window::now_ms;
-
-async fn config() -> Config {
-    let mut c = common::test_config(Backend::Sqlite).await;
-    assert!(c.uses_embedded_store());
-    // The production policies (the shared harness relaxes them for other suites).
-    c.rate_limits = RateLimitConfig::default();
-    c
-}
-
-fn header_u64(res: &reqwest::Response, name: &str) -> u64 {
-    res.headers()[name].to_str().unwrap().parse().unwrap()
-}
-
-async fn window_room(window_secs: u64, room: Duration) {
-    let left = Window::current(window_secs).remaining_ms(now_ms());
-    if left < room.as_millis() as u64 {
-        tokio::time::sleep(Duration::from_millis(left + 50)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exact_under_concurrency_in_process() {
@@ -36,22 +16,10 @@ async fn exact_under_concurrency_in_process() {
     let id = UserId::random();
     let t = token(id, false);
     window_room(3600, Duration::from_secs(10)).await;
-    let statuses = futures::future::join_all(
-        (0..150).map(|_| async { app.get("/api/profiles/me", &t).await.status().as_u16() }),
-    )
-    .await;
-    let limited = statuses.iter().filter(|s| **s == 429).count();
-    assert_eq!(limited, 50, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 404).count(), 100);
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let statuses = burst(std::slice::from_ref(&app), "/api/profiles/me", &t, 150).await;
+    assert_eq!(tally(&statuses, 429), 50, "{statuses:?}");
+    assert_eq!(tally(&statuses, 404), 100);
+    let metrics = app.metrics().await;
     assert!(metrics.contains("ratelimit_rejections_total{policy=\"profiles-read\"}"));
 }
 
@@ -63,8 +31,7 @@ async fn headers_and_rollover_in_process() {
     let app = TestApp::spawn_with(c).await;
     let t = token(UserId::random(), false);
     // Start at a window's beginning.
-    let left = Window::current(2).remaining_ms(now_ms());
-    tokio::time::sleep(Duration::from_millis(left + 50)).await;
+    next_window(2).await;
     let window = Window::current(2);
     let mut seen = Vec::new();
     for _ in 0..3 {
@@ -96,8 +63,7 @@ async fn headers_and_rollover_in_process() {
         "the requests took longer than the window"
     );
     assert_eq!(seen, [(404, 1), (404, 0), (429, 0)]);
-    let left = Window::current(2).remaining_ms(now_ms());
-    tokio::time::sleep(Duration::from_millis(left + 50)).await;
+    next_window(2).await;
     let res = app.get("/api/profiles/me", &t).await;
     assert_eq!(res.status(), 404, "a new window starts from zero");
     assert_eq!(header_u64(&res, "x-ratelimit-remaining"), 1);
@@ -126,7 +92,7 @@ async fn failed_authentication_is_limited_per_address_in_process() {
             "\"per-address\";q=3;w=3600"
         );
     }
-    let res = app.client.get(app.url("/profile")).send().await.unwrap();
+    let res = app.get_anonymous("/profile").await;
     assert_eq!(res.status(), 429, "no token at all counts too");
     // Blocked: a valid token never seen from here is refused before it is verified...
     let fresh = token(UserId::random(), false);
@@ -139,13 +105,5 @@ async fn failed_authentication_is_limited_per_address_in_process() {
         "\"profiles-read\";q=100;w=3600"
     );
     // Unauthenticated routes are not limited at all.
-    assert_eq!(
-        app.client
-            .get(app.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.get_anonymous("/health").await.status(), 200);
 }

@@ -5,180 +5,48 @@
 //! their `redis-server`.
 
 mod common;
-#[path = "common/redis_servers.rs"]
-mod redis_servers;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestApp, json_of, token};
+use common::ratelimit::{
+    app_with_cached_profile, assert_ttls, config_on, counters, header, header_u64, next_window,
+    wait_connected, window_room,
+};
+use common::redis::{StoreKind, Target, connect};
+use common::{TestApp, json_of, token};
 use redis::AsyncCommands;
-use redis_servers::RedisServer;
 use reqwest::Method;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use user_api::config::{Config, FailMode, RateLimitConfig};
+use user_api::config::{FailMode, RateLimitConfig};
 use user_api::domain::UserId;
 use user_api::ratelimit::Window;
 use user_api::ratelimit::window::now_ms;
 
-/// A test configuration (SQLite: the limiter does not care) on `redis_url`.
-async fn config_on(redis_url: &str) -> Config {
-    let mut c = common::test_config(Backend::Sqlite).await;
-    c.redis_url = Some(redis_url.to_owned());
-    // The production policies (the shared harness relaxes them for other suites).
-    c.rate_limits = RateLimitConfig::default();
-    // Generous for a loaded CI machine: a timeout (correctly) falls back to the instance's
-    // own counter, which is not what most of these tests measure. The outage tests put
-    // the production timeout back.
-    c.redis.timeout_ms = 1_000;
-    c
+/// The shared Redis (`TEST_REDIS_URL`).
+fn shared() -> Target {
+    Target::Shared(common::redis_url())
 }
 
-async fn connect(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
+/// Every `<prefix>*` counter of the shared Redis with its value.
+async fn shared_counters(prefix: &str) -> Vec<(String, i64)> {
+    counters(&shared(), prefix)
         .await
-        .expect("test redis connection")
-}
-
-/// Waits until the app's Redis client answers (it connects lazily).
-async fn wait_connected(app: &TestApp) {
-    let redis = app.state.redis.as_ref().expect("redis configured");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while redis.query::<String>(&redis::cmd("PING")).await.is_err() {
-        assert!(Instant::now() < deadline, "the app never reached Redis");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Waits until the current window has at least `room` left, so that a test's requests
-/// all fall into one window (hourly windows: at most a few seconds, once an hour).
-async fn window_room(window_secs: u64, room: Duration) {
-    let w = Window::current(window_secs);
-    let left = w.remaining_ms(now_ms());
-    if left < room.as_millis() as u64 {
-        tokio::time::sleep(Duration::from_millis(left + 50)).await;
-    }
-}
-
-/// Sleeps until just after the next window starts.
-async fn next_window(window_secs: u64) {
-    let w = Window::current(window_secs);
-    tokio::time::sleep(Duration::from_millis(w.remaining_ms(now_ms()) + 50)).await;
-}
-
-fn header(res: &reqwest::Response, name: &str) -> String {
-    res.headers()
-        .get(name)
-        .unwrap_or_else(|| panic!("{} has no {name} header", res.status()))
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
-
-fn header_u64(res: &reqwest::Response, name: &str) -> u64 {
-    header(res, name).parse().unwrap()
-}
-
-/// Every `rate:<prefix>*` key with its value and PTTL.
-async fn counters(
-    conn: &mut redis::aio::MultiplexedConnection,
-    prefix: &str,
-) -> Vec<(String, i64, i64)> {
-    let mut keys: Vec<String> = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await
-            .unwrap();
-        keys.extend(batch);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    keys.sort();
-    keys.dedup();
-    let mut out = Vec::new();
-    for k in keys {
-        let v: i64 = conn.get(&k).await.unwrap();
-        let pttl: i64 = conn.pttl(&k).await.unwrap();
-        out.push((k, v, pttl));
-    }
-    out
-}
-
-/// No counter of `prefix` may live without a TTL (SPEC 5).
-async fn assert_ttls(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) {
-    let found = counters(conn, prefix).await;
-    assert!(!found.is_empty(), "no counters under {prefix}");
-    for (k, _, pttl) in found {
-        assert!(pttl > 0, "{k} has PTTL {pttl}");
-        let ttl: i64 = conn.ttl(&k).await.unwrap();
-        assert!(ttl > 0 && ttl != -1, "{k} has TTL {ttl}");
-    }
-}
-
-/// Sends `n` concurrent GETs of `path`, spread round-robin over `apps`; returns statuses.
-async fn burst(apps: &[&TestApp], path: &str, token: &str, n: usize) -> Vec<u16> {
-    let futures = (0..n).map(|i| {
-        let app = apps[i % apps.len()];
-        async move { app.get(path, token).await.status().as_u16() }
-    });
-    futures::future::join_all(futures).await
-}
-
-fn tally(statuses: &[u16], status: u16) -> usize {
-    statuses.iter().filter(|s| **s == status).count()
+        .into_iter()
+        .map(|(k, v, _)| (k, v))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exact_across_three_instances() {
-    let started = Instant::now();
-    let config = config_on(&common::redis_url()).await;
-    let a = TestApp::spawn_with(config.clone()).await;
-    let b = TestApp::spawn_with(config.clone()).await;
-    let c = TestApp::spawn_with(config).await;
-    for app in [&a, &b, &c] {
-        wait_connected(app).await;
-    }
-    let id = UserId::random();
-    a.create_profile(id, json!({"name": "Exact"})).await;
-    window_room(3600, Duration::from_secs(10)).await;
-    let statuses = burst(
-        &[&a, &b, &c],
-        &format!("/api/profiles/{id}"),
-        &token(id, false),
-        150,
-    )
-    .await;
-    assert_eq!(tally(&statuses, 200), 100, "{statuses:?}");
-    assert_eq!(tally(&statuses, 429), 50, "{statuses:?}");
-
-    let mut conn = connect(&common::redis_url()).await;
-    let found = counters(&mut conn, &format!("rate:{id}:")).await;
-    let read_key = Window::current(3600).user_key(id, "/api/profiles");
-    let read = found
-        .iter()
-        .find(|(k, _, _)| *k == read_key)
-        .expect("the read counter");
-    assert_eq!(read.1, 150, "rejected requests are counted too");
-    assert_ttls(&mut conn, &format!("rate:{id}:")).await;
-    eprintln!("exact_across_three_instances: {:?}", started.elapsed());
+    common::ratelimit::exact_across_three_instances(&shared()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_agree_with_each_other_and_the_key() {
-    let mut config = config_on(&common::redis_url()).await;
+    let mut config = config_on(&shared()).await;
     config.rate_limits.profiles_read = 3;
     let app = TestApp::spawn_with(config).await;
     let id = UserId::random();
@@ -251,17 +119,17 @@ async fn headers_agree_with_each_other_and_the_key() {
     assert_eq!(res.status(), 422);
     assert_eq!(header_u64(&res, "x-ratelimit-remaining"), 1);
     // Unlimited routes carry none.
-    let res = app.client.get(app.url("/health")).send().await.unwrap();
+    let res = app.get_anonymous("/health").await;
     assert!(res.headers().get("x-ratelimit-limit").is_none());
-    let res = app.client.get(app.url("/metrics")).send().await.unwrap();
+    let res = app.get_anonymous("/metrics").await;
     assert!(res.headers().get("ratelimit").is_none());
-    assert_ttls(&mut conn, &format!("rate:{id}:")).await;
-    assert_ttls(&mut conn, &format!("rate:{other}:")).await;
+    assert_ttls(&shared(), &format!("rate:{id}:")).await;
+    assert_ttls(&shared(), &format!("rate:{other}:")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counter_without_ttl_is_repaired() {
-    let app = TestApp::spawn_with(config_on(&common::redis_url()).await).await;
+    let app = TestApp::spawn_with(config_on(&shared()).await).await;
     let id = UserId::random();
     window_room(3600, Duration::from_secs(10)).await;
     let key = Window::current(3600).user_key(id, "/api/profiles");
@@ -276,7 +144,7 @@ async fn a_counter_without_ttl_is_repaired() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_window_rolls_over() {
-    let mut config = config_on(&common::redis_url()).await;
+    let mut config = config_on(&shared()).await;
     config.rate_limits.window_secs = 2;
     config.rate_limits.profiles_read = 3;
     let app = TestApp::spawn_with(config).await;
@@ -316,7 +184,7 @@ async fn short_window_rolls_over() {
     let res = app.get(path, &t).await;
     assert_eq!(res.status(), 404, "a new window starts from zero");
     assert_eq!(header_u64(&res, "x-ratelimit-remaining"), 2);
-    assert_ttls(&mut conn, &format!("rate:{id}:")).await;
+    assert_ttls(&shared(), &format!("rate:{id}:")).await;
 }
 
 async fn put(app: &TestApp, t: &str, id: UserId) -> reqwest::Response {
@@ -331,7 +199,7 @@ async fn put(app: &TestApp, t: &str, id: UserId) -> reqwest::Response {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_and_policies_are_isolated() {
-    let mut config = config_on(&common::redis_url()).await;
+    let mut config = config_on(&shared()).await;
     config.rate_limits.profiles_update = 2;
     let app = TestApp::spawn_with(config).await;
     window_room(3600, Duration::from_secs(10)).await;
@@ -390,12 +258,7 @@ async fn users_and_policies_are_isolated() {
         "every read shares one counter"
     );
 
-    let mut conn = connect(&common::redis_url()).await;
-    let keys: Vec<(String, i64)> = counters(&mut conn, &format!("rate:{a}:"))
-        .await
-        .into_iter()
-        .map(|(k, v, _)| (k, v))
-        .collect();
+    let keys = shared_counters(&format!("rate:{a}:")).await;
     let w = Window::current(3600);
     let mut expected = vec![
         (w.user_key(a, "/api/profiles"), 5),
@@ -403,13 +266,13 @@ async fn users_and_policies_are_isolated() {
     ];
     expected.sort();
     assert_eq!(keys, expected);
-    assert_ttls(&mut conn, &format!("rate:{a}:")).await;
-    assert_ttls(&mut conn, &format!("rate:{b}:")).await;
+    assert_ttls(&shared(), &format!("rate:{a}:")).await;
+    assert_ttls(&shared(), &format!("rate:{b}:")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admins_share_one_counter_per_policy_and_template() {
-    let app = TestApp::spawn_with(config_on(&common::redis_url()).await).await;
+    let app = TestApp::spawn_with(config_on(&shared()).await).await;
     window_room(3600, Duration::from_secs(10)).await;
     let admin = UserId::random();
     let t = token(admin, true);
@@ -441,12 +304,7 @@ async fn admins_share_one_counter_per_policy_and_template() {
     );
     assert_eq!(header_u64(&res, "x-ratelimit-remaining"), 19);
 
-    let mut conn = connect(&common::redis_url()).await;
-    let keys: Vec<(String, i64)> = counters(&mut conn, &format!("rate:{admin}:"))
-        .await
-        .into_iter()
-        .map(|(k, v, _)| (k, v))
-        .collect();
+    let keys = shared_counters(&format!("rate:{admin}:")).await;
     let w = Window::current(3600);
     let mut expected = vec![
         (w.user_key(admin, "/api/profiles"), 5),
@@ -458,7 +316,7 @@ async fn admins_share_one_counter_per_policy_and_template() {
     ];
     expected.sort();
     assert_eq!(keys, expected, "ids in paths never mint counters");
-    assert_ttls(&mut conn, &format!("rate:{admin}:")).await;
+    assert_ttls(&shared(), &format!("rate:{admin}:")).await;
 }
 
 /// An address nobody else uses, passed through a trusted `X-Forwarded-For`.
@@ -469,7 +327,7 @@ fn fresh_address() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_authentication_is_limited_per_address() {
-    let mut config = config_on(&common::redis_url()).await;
+    let mut config = config_on(&shared()).await;
     config.rate_limits.per_address = 5;
     config.rate_limits.trust_forwarded_for = true;
     let app = TestApp::spawn_with(config).await;
@@ -546,7 +404,7 @@ async fn failed_authentication_is_limited_per_address() {
         count, 6,
         "requests refused in process are not sent to Redis"
     );
-    assert_ttls(&mut conn, &format!("rate:ip:{ip}:")).await;
+    assert_ttls(&shared(), &format!("rate:ip:{ip}:")).await;
 }
 
 /// A TCP proxy that counts request/response round trips: a burst of bytes from the client
@@ -609,71 +467,26 @@ impl RoundTrips {
     }
 }
 
-/// `cmdstat_<name>` calls from INFO commandstats.
-fn command_calls(info: &str) -> Vec<(String, u64)> {
-    info.lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .strip_prefix("calls=")?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((name.to_owned(), calls))
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_read_costs_one_round_trip() {
-    let server = RedisServer::start().await;
-    let proxy = RoundTrips::start(server.port).await;
-    let mut config = config_on(&format!("redis://127.0.0.1:{}", proxy.port)).await;
-    // Nothing in the background may talk to Redis while the test counts.
-    config.redis.metrics_flush_ms = 600_000;
-    config.redis.outbox_poll_ms = 600_000;
-    let app = TestApp::spawn_with(config).await;
-    let id = UserId::random();
-    // No `iat`: the last-login update (a write, so an invalidation) stays out of the way.
-    let now = chrono::Utc::now().timestamp();
-    let t = common::sign(&json!({"sub": id.to_string(), "role": "user", "exp": now + 600}));
-    app.create_profile(id, json!({"name": "Hot"})).await;
-    let path = format!("/api/profiles/{id}");
-    // Twice, apart: the create's own last-login update may invalidate the first fill.
-    for _ in 0..2 {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            assert!(Instant::now() < deadline, "the profile never became cached");
-            let (s, body) = json_of(app.get(&path, &t).await).await;
-            assert_eq!(s, 200);
-            if body["cached"] == true {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    let mut direct = server.connection().await.unwrap();
-    let _: () = redis::cmd("CONFIG")
-        .arg("RESETSTAT")
-        .query_async(&mut direct)
-        .await
-        .unwrap();
+    let mut target = Target::new(StoreKind::Own).await;
+    let proxy = RoundTrips::start(target.server().port).await;
+    let mut config = config_on(&target).await;
+    // The app reaches the node through the counting proxy.
+    config.redis_url = Some(format!("redis://127.0.0.1:{}", proxy.port));
+    let (app, path, t) = app_with_cached_profile(config).await;
+    let server = target.server();
+    server.reset_stats();
     let before = proxy.get();
 
     let (s, body) = json_of(app.get(&path, &t).await).await;
     assert_eq!((s, &body["cached"]), (200, &json!(true)));
     let trips = proxy.get() - before;
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut direct)
-        .await
-        .unwrap();
-    let calls = command_calls(&info);
-    let calls_of = |n: &str| calls.iter().find(|(c, _)| c == n).map_or(0, |(_, k)| *k);
+    let calls = server.commandstats();
+    let calls_of = |n: &str| calls.get(n).copied().unwrap_or(0);
     assert_eq!(calls_of("evalsha"), 1, "{calls:?}");
     assert_eq!(calls_of("get"), 1, "{calls:?}");
-    for (name, _) in &calls {
+    for name in calls.keys() {
         // The script's own commands, and this test's INFO and CONFIG.
         assert!(
             [
@@ -695,41 +508,54 @@ async fn a_cached_read_costs_one_round_trip() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_outage_fails_open_to_local_limits() {
-    let mut server = RedisServer::start().await;
-    let mut config = config_on(&server.url()).await;
-    // Short, as in production, yet safe from timeouts on a loaded CI machine before the outage.
+/// An app connected to a test-owned node (to be killed), its Redis timeout short as in
+/// production yet safe from timeouts on a loaded CI machine before the outage, and its
+/// rate limits adjusted by `limits`.
+async fn app_before_outage(limits: impl FnOnce(&mut RateLimitConfig)) -> (Target, TestApp) {
+    let target = Target::new(StoreKind::Own).await;
+    let mut config = config_on(&target).await;
     config.redis.timeout_ms = 250;
-    config.rate_limits.profiles_read = 5;
+    limits(&mut config.rate_limits);
     let app = TestApp::spawn_with(config).await;
     wait_connected(&app).await;
+    (target, app)
+}
+
+/// `GET /api/profiles/me`, which must be answered within a second.
+async fn get_me_promptly(app: &TestApp, t: &str) -> reqwest::Response {
+    let start = Instant::now();
+    let res = app.get("/api/profiles/me", t).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        start.elapsed()
+    );
+    res
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_fails_open_to_local_limits() {
+    let (mut target, app) = app_before_outage(|rl| rl.profiles_read = 5).await;
     let id = UserId::random();
     let t = token(id, false);
     window_room(3600, Duration::from_secs(10)).await;
     for _ in 0..2 {
         assert_eq!(app.get("/api/profiles/me", &t).await.status(), 404);
     }
-    let mut conn = server.connection().await.unwrap();
+    let mut conn = target.server().conn().await;
     let count: i64 = conn
         .get(Window::current(3600).user_key(id, "/api/profiles"))
         .await
         .unwrap();
     assert_eq!(count, 2);
-    server.stop();
+    target.server().kill();
 
     // The instance's own counter enforces the policy (for a caller it has never counted
     // locally, from zero; the Redis count is out of reach).
     let t = token(UserId::random(), false);
     let mut statuses = Vec::new();
     for _ in 0..7 {
-        let start = Instant::now();
-        let res = app.get("/api/profiles/me", &t).await;
-        assert!(
-            start.elapsed() < Duration::from_secs(1),
-            "took {:?}",
-            start.elapsed()
-        );
+        let res = get_me_promptly(&app, &t).await;
         statuses.push(res.status().as_u16());
         if res.status() == 429 {
             assert_eq!(
@@ -742,15 +568,7 @@ async fn redis_outage_fails_open_to_local_limits() {
     // Per-address counting degrades the same way.
     let res = app.get("/api/profiles/me", "bad.token.here").await;
     assert_eq!(res.status(), 401);
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("ratelimit_fallback_total"), "{metrics}");
     assert!(
         metrics.contains("ratelimit_store_errors_total"),
@@ -761,25 +579,13 @@ async fn redis_outage_fails_open_to_local_limits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_fails_closed_with_503() {
-    let mut server = RedisServer::start().await;
-    let mut config = config_on(&server.url()).await;
-    config.redis.timeout_ms = 250;
-    config.rate_limits.fail = FailMode::Closed;
-    let app = TestApp::spawn_with(config).await;
-    wait_connected(&app).await;
+    let (mut target, app) = app_before_outage(|rl| rl.fail = FailMode::Closed).await;
     let id = UserId::random();
     let t = token(id, false);
     assert_eq!(app.get("/api/profiles/me", &t).await.status(), 404);
-    server.stop();
+    target.server().kill();
     for _ in 0..5 {
-        let start = Instant::now();
-        let res = app.get("/api/profiles/me", &t).await;
-        assert!(
-            start.elapsed() < Duration::from_secs(1),
-            "took {:?}",
-            start.elapsed()
-        );
-        let (status, body) = json_of(res).await;
+        let (status, body) = json_of(get_me_promptly(&app, &t).await).await;
         assert_eq!(status, 503);
         assert!(
             body["detail"].as_str().unwrap().contains("Rate limiter"),
@@ -787,6 +593,6 @@ async fn redis_outage_fails_closed_with_503() {
         );
     }
     // Unlimited routes still answer.
-    let res = app.client.get(app.url("/health")).send().await.unwrap();
+    let res = app.get_anonymous("/health").await;
     assert_eq!(res.status(), 200);
 }

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod db;
+pub mod ratelimit;
 pub mod redis;
 
 use std::path::PathBuf;
@@ -139,8 +140,36 @@ impl TestApp {
 
     /// `GET path` with a bearer token.
     pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {
+        self.send(reqwest::Method::GET, path, token).await
+    }
+
+    /// `GET path` without any `Authorization` header.
+    pub async fn get_anonymous(&self, path: &str) -> reqwest::Response {
         self.client
             .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// The Prometheus exposition (`GET /metrics`) as text.
+    pub async fn metrics(&self) -> String {
+        self.get_anonymous("/metrics")
+            .await
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
+    /// `method path` with a bearer token and no body.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+    ) -> reqwest::Response {
+        self.client
+            .request(method, self.url(path))
             .bearer_auth(token)
             .send()
             .await
@@ -166,12 +195,7 @@ impl TestApp {
 
     /// `DELETE path` with a bearer token.
     pub async fn delete(&self, path: &str, token: &str) -> reqwest::Response {
-        self.client
-            .delete(self.url(path))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("request")
+        self.send(reqwest::Method::DELETE, path, token).await
     }
 
     /// Creates a profile for `id` as an admin would (works whatever iss/aud the app requires).
@@ -198,21 +222,22 @@ impl TestApp {
 
     /// Creates a profile for `id` (as its owner) and returns the created profile JSON.
     pub async fn create_profile(&self, id: UserId, fields: Value) -> Value {
+        self.create_profile_as(&token(id, false), &fields).await
+    }
+
+    /// `POST /api/profiles` of `body` with `token`, which must answer 201; returns the
+    /// created profile JSON.
+    pub async fn create_profile_as(&self, token: &str, body: &Value) -> Value {
         let res = self
-            .send_json(
-                reqwest::Method::POST,
-                "/api/profiles",
-                &token(id, false),
-                &fields,
-            )
+            .send_json(reqwest::Method::POST, "/api/profiles", token, body)
             .await;
         assert_eq!(
             res.status(),
             201,
             "create failed: {}",
-            res.text().await.unwrap()
+            res.text().await.unwrap_or_default()
         );
-        res.json::<Value>().await.unwrap()["profile"].clone()
+        res.json::<Value>().await.expect("json")["profile"].clone()
     }
 }
 

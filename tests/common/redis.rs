@@ -140,11 +140,7 @@ impl RedisServer {
 
     /// A direct connection to this node (not through the app).
     pub async fn conn(&self) -> ::redis::aio::MultiplexedConnection {
-        ::redis::Client::open(self.url())
-            .expect("url")
-            .get_multiplexed_async_connection()
-            .await
-            .expect("test connection to redis")
+        connect(&self.url()).await
     }
 
     /// Writes the dataset to disk (`SAVE`), so a restart brings it back.
@@ -165,6 +161,12 @@ impl RedisServer {
     pub async fn restart(&mut self) {
         self.kill();
         self.launch().await;
+    }
+
+    /// Zeroes the server's statistics (`CONFIG RESETSTAT`), e.g. before counting commands.
+    pub fn reset_stats(&self) {
+        let out = self.cli(&["CONFIG", "RESETSTAT"]);
+        assert!(out.contains("OK"), "CONFIG RESETSTAT failed: {out}");
     }
 
     /// `INFO commandstats` as command → calls.
@@ -190,6 +192,15 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A direct connection to the Redis at `url` (not through the app).
+pub async fn connect(url: &str) -> ::redis::aio::MultiplexedConnection {
+    ::redis::Client::open(url)
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("test connection to redis")
 }
 
 /// Calls of `cmd` between two `commandstats` snapshots.
@@ -257,6 +268,13 @@ impl RedisCluster {
             .get_async_connection()
             .await
             .expect("cluster connection")
+    }
+
+    /// Zeroes every node's statistics.
+    pub fn reset_stats(&self) {
+        for n in &self.nodes {
+            n.reset_stats();
+        }
     }
 
     /// Calls of `cmd` summed over the nodes.
@@ -330,6 +348,24 @@ impl Target {
             _ => panic!("not a test-owned single node"),
         }
     }
+
+    /// The test-owned cluster.
+    pub fn cluster(&self) -> &RedisCluster {
+        match self {
+            Self::Cluster(cl) => cl,
+            _ => panic!("not a test-owned cluster"),
+        }
+    }
+
+    /// The URL of every node that holds keys (one, but for a cluster).
+    pub fn node_urls(&self) -> Vec<String> {
+        match self {
+            Self::Shared(url) => vec![url.clone()],
+            Self::Own(s) => vec![s.url()],
+            Self::Cluster(cl) => cl.urls(),
+            Self::Memory => panic!("the in-process store has no Redis nodes"),
+        }
+    }
 }
 
 /// Rate limits far above anything a cache test sends (the limiter is not under test here).
@@ -389,21 +425,17 @@ pub fn admin() -> String {
 pub async fn create(app: &TestApp, id: UserId, fields: Value) -> Value {
     let mut body = fields;
     body["user_id"] = json!(id.to_string());
-    let res = app
-        .send_json(
-            reqwest::Method::POST,
-            "/api/profiles",
-            &tok(id, false),
-            &body,
-        )
-        .await;
-    assert_eq!(
-        res.status(),
-        201,
-        "create failed: {}",
-        res.text().await.unwrap_or_default()
-    );
-    res.json::<Value>().await.expect("json")["profile"].clone()
+    app.create_profile_as(&tok(id, false), &body).await
+}
+
+/// `method path` with `body` as an admin: (status, body).
+pub async fn as_admin(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    body: &Value,
+) -> (u16, Value) {
+    super::json_of(app.send_json(method, path, &admin(), body).await).await
 }
 
 /// `GET /api/profiles/{id}` as an admin: (status, body).
@@ -416,6 +448,17 @@ pub async fn raw(app: &TestApp, key: &str) -> Option<String> {
     app.state.cache.store().get(key).await.expect("store get")
 }
 
+/// The remaining TTL of a cache key, read through the app's own store; it must have one.
+pub async fn raw_ttl(app: &TestApp, key: &str) -> Duration {
+    app.state
+        .cache
+        .store()
+        .ttl(key)
+        .await
+        .expect("store ttl")
+        .unwrap_or_else(|| panic!("{key} has no TTL"))
+}
+
 /// True for an invalidation marker.
 pub fn is_marker(v: &Option<String>) -> bool {
     v.as_deref().is_some_and(|s| s.starts_with("inv:"))
@@ -423,16 +466,9 @@ pub fn is_marker(v: &Option<String>) -> bool {
 
 /// A counter of the Prometheus exposition, e.g. `db_queries_total{op="fetch"}`.
 pub async fn prom_counter(app: &TestApp, series: &str) -> u64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
+    app.metrics()
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines()
+        .lines()
         .find_map(|l| {
             l.strip_prefix(series)
                 .and_then(|rest| rest.trim().parse::<f64>().ok())
@@ -502,20 +538,15 @@ pub async fn cache_commands(server: &RedisServer) -> Vec<Vec<String>> {
 /// Makes the server log every command (SLOWLOG) and forgets what it logged so far.
 pub async fn slowlog_reset(server: &RedisServer) {
     let mut c = server.conn().await;
-    let _: () = ::redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("slowlog-log-slower-than")
-        .arg(0)
-        .query_async(&mut c)
-        .await
-        .expect("config set");
-    let _: () = ::redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("slowlog-max-len")
-        .arg(100_000)
-        .query_async(&mut c)
-        .await
-        .expect("config set");
+    for (name, value) in [("slowlog-log-slower-than", 0), ("slowlog-max-len", 100_000)] {
+        let _: () = ::redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async(&mut c)
+            .await
+            .expect("config set");
+    }
     let _: () = ::redis::cmd("SLOWLOG")
         .arg("RESET")
         .query_async(&mut c)

@@ -1,0 +1,215 @@
+//! Rate-limit suite support (tests/ratelimit_*): the production policies on a chosen store,
+//! windows, headers, bursts, the counters a Redis holds, and the checks the single-node and
+//! cluster suites share.
+
+use std::time::{Duration, Instant};
+
+use ::redis::AsyncCommands;
+use ::redis::aio::MultiplexedConnection;
+use serde_json::json;
+use user_api::config::{Config, RateLimitConfig};
+use user_api::domain::UserId;
+use user_api::ratelimit::Window;
+use user_api::ratelimit::window::now_ms;
+
+use super::redis::{Target, connect, tok};
+use super::{Backend, TestApp, token};
+
+/// A rate-limit test configuration without Redis (SQLite: the limiter does not care), with
+/// the production policies (the shared harness relaxes them for other suites).
+pub async fn config() -> Config {
+    let mut c = super::test_config(Backend::Sqlite).await;
+    assert!(c.uses_embedded_store());
+    c.rate_limits = RateLimitConfig::default();
+    c
+}
+
+/// [`config`] on `target`.
+pub async fn config_on(target: &Target) -> Config {
+    let mut c = config().await;
+    target.apply(&mut c);
+    // Generous for a loaded CI machine: a timeout (correctly) falls back to the instance's
+    // own counter, which is not what most of these tests measure. The outage tests put
+    // the production timeout back.
+    c.redis.timeout_ms = 1_000;
+    c
+}
+
+/// Waits until the app's Redis client answers (it connects lazily).
+pub async fn wait_connected(app: &TestApp) {
+    let redis = app.state.redis.as_ref().expect("redis configured");
+    // Generous: a cluster client first learns the slots.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while redis.query::<String>(&::redis::cmd("PING")).await.is_err() {
+        assert!(Instant::now() < deadline, "the app never reached Redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the current window has at least `room` left, so that a test's requests
+/// all fall into one window (hourly windows: at most a few seconds, once an hour).
+pub async fn window_room(window_secs: u64, room: Duration) {
+    let left = Window::current(window_secs).remaining_ms(now_ms());
+    if left < room.as_millis() as u64 {
+        tokio::time::sleep(Duration::from_millis(left + 50)).await;
+    }
+}
+
+/// Sleeps until just after the next window starts.
+pub async fn next_window(window_secs: u64) {
+    let left = Window::current(window_secs).remaining_ms(now_ms());
+    tokio::time::sleep(Duration::from_millis(left + 50)).await;
+}
+
+/// The value of header `name`, which must be there.
+pub fn header(res: &reqwest::Response, name: &str) -> String {
+    res.headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("{} has no {name} header", res.status()))
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The value of header `name` as a number.
+pub fn header_u64(res: &reqwest::Response, name: &str) -> u64 {
+    header(res, name).parse().unwrap()
+}
+
+/// Sends `n` concurrent GETs of `path`, spread round-robin over `apps`; returns statuses.
+pub async fn burst(apps: &[TestApp], path: &str, token: &str, n: usize) -> Vec<u16> {
+    let futures = (0..n).map(|i| {
+        let app = &apps[i % apps.len()];
+        async move { app.get(path, token).await.status().as_u16() }
+    });
+    futures::future::join_all(futures).await
+}
+
+/// How many of `statuses` are `status`.
+pub fn tally(statuses: &[u16], status: u16) -> usize {
+    statuses.iter().filter(|s| **s == status).count()
+}
+
+/// Every `<prefix>*` key on the node behind `conn`, sorted.
+async fn keys_on(conn: &mut MultiplexedConnection, prefix: &str) -> Vec<String> {
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = ::redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await
+            .unwrap();
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// Every `<prefix>*` key on every node of `target`, with its value and PTTL, sorted.
+pub async fn counters(target: &Target, prefix: &str) -> Vec<(String, i64, i64)> {
+    let mut out = Vec::new();
+    for url in target.node_urls() {
+        let mut conn = connect(&url).await;
+        for k in keys_on(&mut conn, prefix).await {
+            let v: i64 = conn.get(&k).await.unwrap();
+            let pttl: i64 = conn.pttl(&k).await.unwrap();
+            out.push((k, v, pttl));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// No counter of `prefix` may live without a TTL (SPEC 5); there must be some.
+pub async fn assert_ttls(target: &Target, prefix: &str) {
+    let mut found = 0;
+    for url in target.node_urls() {
+        let mut conn = connect(&url).await;
+        for k in keys_on(&mut conn, prefix).await {
+            found += 1;
+            let pttl: i64 = conn.pttl(&k).await.unwrap();
+            assert!(pttl > 0, "{k} has PTTL {pttl}");
+            let ttl: i64 = conn.ttl(&k).await.unwrap();
+            assert!(ttl > 0 && ttl != -1, "{k} has TTL {ttl}");
+        }
+    }
+    assert!(found > 0, "no counters under {prefix}");
+}
+
+/// 150 concurrent reads of one profile, round-robin over three instances on `target`:
+/// exactly the policy's 100 pass and 50 are refused, the shared counter holds all 150
+/// (rejected requests are counted too), and every counter of the caller has a TTL.
+pub async fn exact_across_three_instances(target: &Target) {
+    let started = Instant::now();
+    let config = config_on(target).await;
+    let apps = [
+        TestApp::spawn_with(config.clone()).await,
+        TestApp::spawn_with(config.clone()).await,
+        TestApp::spawn_with(config).await,
+    ];
+    for app in &apps {
+        wait_connected(app).await;
+    }
+    let id = UserId::random();
+    apps[0].create_profile(id, json!({"name": "Exact"})).await;
+    window_room(3600, Duration::from_secs(10)).await;
+    let statuses = burst(
+        &apps,
+        &format!("/api/profiles/{id}"),
+        &token(id, false),
+        150,
+    )
+    .await;
+    assert_eq!(tally(&statuses, 200), 100, "{statuses:?}");
+    assert_eq!(tally(&statuses, 429), 50, "{statuses:?}");
+
+    let prefix = format!("rate:{id}:");
+    let found = counters(target, &prefix).await;
+    let read_key = Window::current(3600).user_key(id, "/api/profiles");
+    let read = found
+        .iter()
+        .find(|(k, _, _)| *k == read_key)
+        .unwrap_or_else(|| panic!("no read counter {read_key}: {found:?}"));
+    assert_eq!(read.1, 150, "rejected requests are counted too");
+    assert_ttls(target, &prefix).await;
+    eprintln!("150 reads over three instances: {:?}", started.elapsed());
+}
+
+/// Starts an app on `config` with nothing in the background talking to Redis (metrics
+/// flush, outbox poll), and makes it serve a new profile from the cache. Returns the app,
+/// the profile's path and a token without `iat` (so that no last-login write, and with it
+/// an invalidation, follows a read).
+pub async fn app_with_cached_profile(mut config: Config) -> (TestApp, String, String) {
+    config.redis.metrics_flush_ms = 600_000;
+    config.redis.outbox_poll_ms = 600_000;
+    let app = TestApp::spawn_with(config).await;
+    wait_connected(&app).await;
+    let id = UserId::random();
+    let t = tok(id, false);
+    app.create_profile(id, json!({"name": "Hot"})).await;
+    let path = format!("/api/profiles/{id}");
+    // Twice, apart: the create's own last-login update may invalidate the first fill.
+    for _ in 0..2 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            assert!(Instant::now() < deadline, "the profile never became cached");
+            let (s, body) = super::json_of(app.get(&path, &t).await).await;
+            assert_eq!(s, 200);
+            if body["cached"] == true {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    (app, path, t)
+}
