@@ -24,6 +24,9 @@ use serde_json::{Value, json};
 use user_api::domain::UserId;
 
 const RUN_FOR: Duration = Duration::from_secs(10);
+/// On a loaded machine writes are slower: run on until this many, for at most `MAX_RUN`.
+const MIN_WRITES: u64 = 60;
+const MAX_RUN: Duration = Duration::from_secs(25);
 const READERS: usize = 8;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -65,7 +68,7 @@ async fn race(kind: StoreKind, backend: Backend) {
             let owner = tok(id, false);
             let start = Instant::now();
             let mut n = 0u64;
-            while start.elapsed() < RUN_FOR {
+            while start.elapsed() < RUN_FOR || (n < MIN_WRITES && start.elapsed() < MAX_RUN) {
                 n += 1;
                 let res = app
                     .send_json(
