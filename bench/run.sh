@@ -49,9 +49,9 @@ bench_setup() { # name database_url redis_url(or empty)
   local token
   token=$(DATABASE_URL="$db" "$bin" token --sub "$(cat /proc/sys/kernel/random/uuid)" --role admin)
   case "$db" in
-    postgres*) psql "$db" -Atqc "select user_id from profiles order by random() limit 5000" >"$work/ids" ;;
-    *) sqlite3 "${db#sqlite://}" "select user_id from profiles order by random() limit 5000" >"$work/ids" 2>/dev/null ||
-         python3 -c "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print('\n'.join(r[0] for r in c.execute('select user_id from profiles order by random() limit 5000')))" "${db#sqlite://}" >"$work/ids" ;;
+    postgres*) psql "$db" -Atqc "select user_id from profiles order by random()" >"$work/ids" ;;
+    *) sqlite3 "${db#sqlite://}" "select user_id from profiles order by random()" >"$work/ids" 2>/dev/null ||
+         python3 -c "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print('\n'.join(r[0] for r in c.execute('select user_id from profiles order by random()')))" "${db#sqlite://}" >"$work/ids" ;;
   esac
   echo
   echo "## $name"
