@@ -1,14 +1,14 @@
 //! `/api/admin/cache/*`: cache metrics, invalidation and prewarm, for admins.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::dto::ErrorBody;
-use super::extract::{parse_user_id, require_admin};
+use super::extract::{RawId, parse_user_id, require_admin};
 use crate::auth::Caller;
 use crate::cache::{CacheMetrics, keys_for};
 use crate::db::InvalidationScope;
@@ -105,7 +105,7 @@ pub async fn reset_metrics(
 pub async fn invalidate_user(
     State(state): State<AppState>,
     caller: Caller,
-    Path(raw): Path<String>,
+    RawId(raw): RawId,
 ) -> Result<Json<Invalidated>, ApiError> {
     require_admin(&caller)?;
     let id = parse_user_id(&raw)?;

@@ -35,12 +35,15 @@ pub async fn get_own(
         .await
     {
         Ok(p) => Ok(Json(p)),
-        // Two first requests raced; the other one created it.
+        // Two first requests raced and the other one created it. Read the row itself: the
+        // winner invalidates the cache only after its commit, so the cache may still say
+        // "not found" for a moment.
         Err(DbError::AlreadyExists) => state
             .profiles
-            .get(caller.user_id, None)
+            .repo()
+            .fetch(caller.user_id)
             .await?
-            .map(|l| Json(l.value))
+            .map(Json)
             .ok_or(ApiError::NotFound("Profile not found")),
         Err(e) => Err(e.into()),
     }

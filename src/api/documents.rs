@@ -1,13 +1,13 @@
 //! `/api/profiles/{user_id}/settings` and `/preferences`: one JSON object each.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::dto::ErrorBody;
-use super::extract::{JsonBody, authorize, parse_user_id};
+use super::extract::{JsonBody, RawId, authorize, parse_user_id};
 use crate::auth::Caller;
 use crate::domain::{Document, DocumentKind, ValidationError};
 use crate::error::ApiError;
@@ -68,7 +68,7 @@ async fn replace(
 pub async fn get_settings(
     State(state): State<AppState>,
     caller: Caller,
-    Path(raw): Path<String>,
+    RawId(raw): RawId,
 ) -> Result<Json<Value>, ApiError> {
     read(&state, &caller, &raw, DocumentKind::Settings).await
 }
@@ -82,7 +82,7 @@ pub async fn get_settings(
 pub async fn put_settings(
     State(state): State<AppState>,
     caller: Caller,
-    Path(raw): Path<String>,
+    RawId(raw): RawId,
     body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     replace(&state, &caller, &raw, DocumentKind::Settings, &body).await
@@ -96,7 +96,7 @@ pub async fn put_settings(
 pub async fn get_preferences(
     State(state): State<AppState>,
     caller: Caller,
-    Path(raw): Path<String>,
+    RawId(raw): RawId,
 ) -> Result<Json<Value>, ApiError> {
     read(&state, &caller, &raw, DocumentKind::Preferences).await
 }
@@ -110,7 +110,7 @@ pub async fn get_preferences(
 pub async fn put_preferences(
     State(state): State<AppState>,
     caller: Caller,
-    Path(raw): Path<String>,
+    RawId(raw): RawId,
     body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     replace(&state, &caller, &raw, DocumentKind::Preferences, &body).await

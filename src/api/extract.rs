@@ -2,7 +2,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -66,6 +66,24 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
                 e.body_text()
             ))),
         }
+    }
+}
+
+/// The `{user_id}` path segment, undecoded failures included: a segment that is not even
+/// UTF-8 (`%FF`) must get the same 422 as any other non-UUID, and only after the caller's
+/// rights are checked, so this extractor never rejects; `parse_user_id` decides.
+pub struct RawId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for RawId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(
+            Path::<String>::from_request_parts(parts, state)
+                .await
+                .map(|Path(raw)| raw)
+                .unwrap_or_default(),
+        ))
     }
 }
 

@@ -1,6 +1,6 @@
 //! `/api/profiles`: read, create, update, delete, and the caller's own profile.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
@@ -8,7 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::dto::{ErrorBody, ProfileCreated, ProfileRead, ProfileUpdated};
-use super::extract::{JsonBody, authorize, parse_user_id};
+use super::extract::{JsonBody, RawId, authorize, parse_user_id};
 use crate::auth::Caller;
 use crate::cache::Prefetched;
 use crate::domain::{ProfileInput, ProfilePatchInput, UserId};
@@ -48,7 +48,7 @@ async fn read(
 pub async fn get_profile(
     State(state): State<AppState>,
     caller: Caller,
-    Path(raw): Path<String>,
+    RawId(raw): RawId,
     prefetched: Option<Extension<Prefetched>>,
 ) -> Result<Json<ProfileRead>, ApiError> {
     let id = parse_user_id(&raw)?;
@@ -124,7 +124,7 @@ async fn apply_update(
 pub async fn update_profile(
     State(state): State<AppState>,
     caller: Caller,
-    Path(raw): Path<String>,
+    RawId(raw): RawId,
     body: JsonBody,
 ) -> Result<Json<ProfileUpdated>, ApiError> {
     apply_update(&state, &caller, &raw, &body).await
@@ -140,7 +140,7 @@ pub async fn update_profile(
 pub async fn patch_profile(
     State(state): State<AppState>,
     caller: Caller,
-    Path(raw): Path<String>,
+    RawId(raw): RawId,
     body: JsonBody,
 ) -> Result<Json<ProfileUpdated>, ApiError> {
     apply_update(&state, &caller, &raw, &body).await
@@ -154,7 +154,7 @@ pub async fn patch_profile(
 pub async fn delete_profile(
     State(state): State<AppState>,
     caller: Caller,
-    Path(raw): Path<String>,
+    RawId(raw): RawId,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_user_id(&raw)?;
     authorize(&caller, id)?;
