@@ -8,6 +8,9 @@ pub type JsonObject = serde_json::Map<String, serde_json::Value>;
 
 /// Largest serialized settings or preferences document, in bytes.
 pub const MAX_DOCUMENT_BYTES: usize = 16 * 1024;
+/// Deepest nesting of objects and arrays accepted in a document (the document itself is 1).
+/// Well below serde_json's limit of 128, so a cached entry (one level more) still parses.
+pub const MAX_DOCUMENT_DEPTH: usize = 64;
 
 /// Which per-user JSON document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -51,6 +54,39 @@ impl Document {
                 "must not contain NUL characters",
             ));
         }
+        if data.values().map(depth).max().unwrap_or(0) + 1 > MAX_DOCUMENT_DEPTH {
+            return Err(ValidationError::new(
+                "body",
+                format!("must not nest deeper than {MAX_DOCUMENT_DEPTH} levels"),
+            ));
+        }
         Ok(())
+    }
+}
+
+/// Nesting depth of a JSON value (scalars are 0).
+fn depth(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        serde_json::Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(levels: usize) -> JsonObject {
+        let text = format!("{}{}", "[".repeat(levels - 1), "]".repeat(levels - 1));
+        let mut doc = JsonObject::new();
+        doc.insert("a".into(), serde_json::from_str(&text).unwrap());
+        doc
+    }
+
+    #[test]
+    fn depth_limit() {
+        assert!(Document::validate(&nested(MAX_DOCUMENT_DEPTH)).is_ok());
+        assert!(Document::validate(&nested(MAX_DOCUMENT_DEPTH + 1)).is_err());
     }
 }
