@@ -79,8 +79,12 @@ async fn refresh_ahead(kind: StoreKind) {
     let _serial = COUNTING.lock().await;
     let target = Target::new(kind).await;
     let mut c = cache_config(Backend::Sqlite, &target).await;
-    c.cache.ttl_secs = 4;
-    c.cache.refresh_ahead_secs = 3;
+    // TTL 10 s, jitter at most 1 s, refresh when < 7 s are left: an entry is fresh for its
+    // first 2 s at least and near expiry from 3 s to at least 9 s of age, wide margins on
+    // a loaded machine.
+    c.cache.ttl_secs = 10;
+    c.cache.refresh_ahead_secs = 7;
+    c.cache.jitter_percent = 10;
     // Two instances on the same Redis and database, each reaching Redis through a proxy
     // adding 25 ms each way: the refresh one of them starts (SET NX, read, fill) then
     // takes longer than the other's concurrent GETs, so both see the near-expiry entry
@@ -106,6 +110,7 @@ async fn refresh_ahead(kind: StoreKind) {
     create(&a, id, json!({"name": "r"})).await;
     read(&a, id).await;
     let first = read(&a, id).await.1;
+    let first_hit = std::time::Instant::now();
     assert_eq!(first["cached"], true);
     let cached_at = first["cached_at"].as_str().unwrap().to_owned();
 
@@ -115,8 +120,8 @@ async fn refresh_ahead(kind: StoreKind) {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(prom_counter(&a, FETCH).await, before);
 
-    // Near expiry (< 3 s left of at most 4 s): a hit answers at once with the cached entry…
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Near expiry (< 7 s left of at most 10 s): a hit answers at once with the cached entry…
+    tokio::time::sleep_until((first_hit + Duration::from_millis(3100)).into()).await;
     let before = prom_counter(&a, FETCH).await;
     match &b {
         None => {
@@ -164,7 +169,7 @@ async fn refresh_ahead(kind: StoreKind) {
     );
     let ttl = store.ttl(&key(id)).await.unwrap().unwrap();
     assert!(
-        ttl > Duration::from_millis(3000) && ttl <= Duration::from_secs(4),
+        ttl > Duration::from_millis(7000) && ttl <= Duration::from_secs(10),
         "a fresh TTL: {ttl:?}"
     );
     let (_, after) = read(&a, id).await;
