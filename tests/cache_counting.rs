@@ -106,26 +106,39 @@ async fn refresh_ahead(kind: StoreKind) {
         }
         None => (spawn_ready(c).await, None),
     };
+    // Under heavy load one instance may only get to read after the refresh landed; then
+    // that round cannot show two would-be refreshers, so it is run again with a new id.
+    for round in 1..=3 {
+        if refresh_round(&a, b.as_ref()).await {
+            return;
+        }
+        eprintln!("round {round}: one instance never saw the near-expiry entry; again");
+    }
+    panic!("no round had both instances serve the near-expiry entry");
+}
+
+/// One near-expiry refresh; `false` when the second instance never saw the old entry.
+async fn refresh_round(a: &TestApp, b: Option<&TestApp>) -> bool {
     let id = UserId::random();
-    create(&a, id, json!({"name": "r"})).await;
-    read(&a, id).await;
-    let first = read(&a, id).await.1;
+    create(a, id, json!({"name": "r"})).await;
+    read(a, id).await;
+    let first = read(a, id).await.1;
     let first_hit = std::time::Instant::now();
     assert_eq!(first["cached"], true);
     let cached_at = first["cached_at"].as_str().unwrap().to_owned();
 
     // Fresh: a hit far from expiry does not refresh.
-    let before = prom_counter(&a, FETCH).await;
-    read(&a, id).await;
+    let before = prom_counter(a, FETCH).await;
+    read(a, id).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(prom_counter(&a, FETCH).await, before);
+    assert_eq!(prom_counter(a, FETCH).await, before);
 
     // Near expiry (< 7 s left of at most 10 s): a hit answers at once with the cached entry…
     tokio::time::sleep_until((first_hit + Duration::from_millis(3100)).into()).await;
-    let before = prom_counter(&a, FETCH).await;
-    match &b {
+    let before = prom_counter(a, FETCH).await;
+    match b {
         None => {
-            let (_, h) = read(&a, id).await;
+            let (_, h) = read(a, id).await;
             assert_eq!(h["cached"], true);
             assert_eq!(
                 h["cached_at"],
@@ -133,21 +146,22 @@ async fn refresh_ahead(kind: StoreKind) {
                 "served the near-expiry entry"
             );
         }
-        Some(b) => {
+        Some(bb) => {
             // Both instances see the near-expiry entry, so both try to refresh it.
             let (on_a, on_b) = tokio::join!(
-                join_all((0..4).map(|_| read(&a, id))),
-                join_all((0..4).map(|_| read(b, id)))
+                join_all((0..4).map(|_| read(a, id))),
+                join_all((0..4).map(|_| read(bb, id)))
             );
             for (s, h) in on_a.iter().chain(&on_b) {
                 assert_eq!((*s, h["cached"].clone()), (200, json!(true)), "{h}");
             }
             let saw_old =
                 |v: &Vec<(u16, Value)>| v.iter().any(|(_, h)| h["cached_at"] == cached_at.as_str());
-            assert!(
-                saw_old(&on_a) && saw_old(&on_b),
-                "both instances served the near-expiry entry"
-            );
+            if !(saw_old(&on_a) && saw_old(&on_b)) {
+                // Let this round's refresh settle so it is not counted in the next one.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return false;
+            }
         }
     }
     // …and the entry is replaced in the background, by one refresher across instances.
@@ -163,7 +177,7 @@ async fn refresh_ahead(kind: StoreKind) {
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
-        prom_counter(&a, FETCH).await - before,
+        prom_counter(a, FETCH).await - before,
         1,
         "exactly one refresh"
     );
@@ -172,9 +186,10 @@ async fn refresh_ahead(kind: StoreKind) {
         ttl > Duration::from_millis(7000) && ttl <= Duration::from_secs(10),
         "a fresh TTL: {ttl:?}"
     );
-    let (_, after) = read(&a, id).await;
+    let (_, after) = read(a, id).await;
     assert_eq!(after["cached"], true);
     assert_ne!(after["cached_at"], cached_at.as_str());
+    true
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
