@@ -160,10 +160,15 @@ impl ProfileService {
     async fn after_write<T>(&self, w: Written<T>, id: UserId, scope: InvalidationScope) -> T {
         match self.cache.invalidate(id, scope).await {
             Ok(()) => {
-                if let Err(e) = self.repo.clear_invalidations(&[w.outbox_id]).await {
-                    // Harmless: the drainer applies it again (markers are idempotent).
-                    tracing::warn!(error = %e, "could not clear outbox row; it will be retried");
-                }
+                // Retiring the row is bookkeeping, not part of the write's promise: off the
+                // response path. If it fails, the drainer applies the row again (harmless:
+                // markers are idempotent) and retires it.
+                let (repo, outbox_id) = (self.repo.clone(), w.outbox_id);
+                tokio::spawn(async move {
+                    if let Err(e) = repo.clear_invalidations(&[outbox_id]).await {
+                        tracing::warn!(error = %e, "could not clear outbox row; it will be retried");
+                    }
+                });
             }
             Err(e) => {
                 self.cache.mark_dirty();
