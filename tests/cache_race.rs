@@ -34,6 +34,13 @@ async fn no_stale_reads_shared_redis_postgres() {
     race(StoreKind::Shared, Backend::Postgres).await
 }
 
+/// On the cluster the nodes announce their own addresses, so no delaying proxy: this run
+/// shows the protocol holds there (fills are per-slot scripts), not that it is needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_stale_reads_cluster_postgres() {
+    race(StoreKind::Cluster, Backend::Postgres).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_stale_reads_memory_sqlite() {
     race(StoreKind::Memory, Backend::Sqlite).await
