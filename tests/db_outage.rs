@@ -112,6 +112,19 @@ async fn database_outage_is_503_and_recovers() {
     assert_eq!((s, body["database"].as_str()), (503, Some("down")));
     let (s, _) = json_of(app.client.get(app.url("/health")).send().await.unwrap()).await;
     assert_eq!(s, 200, "liveness does not depend on the database");
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("db_errors_total{kind=\"unavailable\"}"),
+        "database failures are counted: {metrics}"
+    );
 
     relay.restore().await;
     let deadline = Instant::now() + Duration::from_secs(10);

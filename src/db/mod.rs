@@ -44,6 +44,18 @@ pub enum DbError {
 }
 
 impl DbError {
+    /// Counts failures of the database itself in `db_errors_total{kind}` (conflicts are
+    /// answers, not failures, and are not counted).
+    pub fn counted(self) -> Self {
+        let kind = match &self {
+            Self::Unavailable(_) => "unavailable",
+            Self::Other(_) | Self::Migrate(_) => "other",
+            Self::AlreadyExists | Self::EmailTaken => return self,
+        };
+        metrics::counter!("db_errors_total", "kind" => kind).increment(1);
+        self
+    }
+
     /// Classifies a driver error: connectivity problems become `Unavailable`.
     pub fn from_sqlx(e: sqlx::Error) -> Self {
         match &e {

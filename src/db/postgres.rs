@@ -86,7 +86,8 @@ impl PostgresRepo {
                 Err(_) => Err(DbError::Unavailable(sqlx::Error::Io(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     "database call timed out",
-                )))),
+                )))
+                .counted()),
             },
         }
     }
@@ -665,9 +666,14 @@ fn profile_from_row(row: &PgRow) -> Result<Profile, sqlx::Error> {
     })
 }
 
+/// Classifies a driver error (see `classify`) and counts failures in `/metrics`.
+fn map_err(e: sqlx::Error) -> DbError {
+    classify(e).counted()
+}
+
 /// Turns unique violations into the domain conflicts (told apart by constraint name) and a
 /// cancelled statement (our `statement_timeout`) into `Unavailable`; the rest as usual.
-fn map_err(e: sqlx::Error) -> DbError {
+fn classify(e: sqlx::Error) -> DbError {
     if let sqlx::Error::Database(db) = &e {
         if db.is_unique_violation() {
             match db.constraint() {

@@ -595,9 +595,14 @@ fn profile_from_row(row: &SqliteRow) -> Result<Profile, sqlx::Error> {
     })
 }
 
+/// Classifies a driver error (see `classify`) and counts failures in `/metrics`.
+fn map_err(e: sqlx::Error) -> DbError {
+    classify(e).counted()
+}
+
 /// Turns unique violations into the domain conflicts (SQLite names the column or index in
 /// its message) and a lock wait that outlasted the busy timeout into `Unavailable`.
-fn map_err(e: sqlx::Error) -> DbError {
+fn classify(e: sqlx::Error) -> DbError {
     if let sqlx::Error::Database(db) = &e {
         if db.is_unique_violation() {
             let msg = db.message();
