@@ -402,6 +402,9 @@ impl Config {
         if self.prewarm.batch_size == 0 {
             return bad("prewarm.batch_size", "must be at least 1");
         }
+        if self.server.request_timeout_ms == 0 {
+            return bad("server.request_timeout_ms", "must be positive");
+        }
         if !matches!(self.server.log_format.as_str(), "json" | "pretty") {
             return bad("server.log_format", "must be `json` or `pretty`");
         }

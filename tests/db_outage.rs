@@ -4,20 +4,45 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Backend, TestApp, json_of, test_config, token};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use user_api::domain::UserId;
 
-/// A TCP relay to PostgreSQL that can be cut and restored on the same port.
+/// A TCP relay to PostgreSQL that can be cut and restored on the same port, or stalled
+/// (connections stay open but nothing is forwarded: a database that hangs).
 struct Relay {
     addr: SocketAddr,
     upstream: String,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    stalled: Arc<AtomicBool>,
+}
+
+/// Forwards one direction, holding data back while `stalled` is set.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    stalled: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Relay {
@@ -27,6 +52,7 @@ impl Relay {
             addr: listener.local_addr().unwrap(),
             upstream,
             tasks: Arc::default(),
+            stalled: Arc::default(),
         };
         relay.serve(listener);
         relay
@@ -34,13 +60,15 @@ impl Relay {
 
     fn serve(&self, listener: TcpListener) {
         let (upstream, tasks) = (self.upstream.clone(), self.tasks.clone());
-        let inner = tasks.clone();
+        let (inner, stalled) = (tasks.clone(), self.stalled.clone());
         let accept = tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let upstream = upstream.clone();
+            while let Ok((client, _)) = listener.accept().await {
+                let (upstream, stalled) = (upstream.clone(), stalled.clone());
                 let conn = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    if let Ok(server) = TcpStream::connect(&upstream).await {
+                        let (cr, cw) = client.into_split();
+                        let (sr, sw) = server.into_split();
+                        tokio::join!(forward(cr, sw, stalled.clone()), forward(sr, cw, stalled));
                     }
                 });
                 inner.lock().unwrap().push(conn);
@@ -146,4 +174,60 @@ async fn database_outage_is_503_and_recovers() {
     assert_eq!(body["profile"]["name"], "after");
     let (s, _) = json_of(app.client.get(app.url("/ready")).send().await.unwrap()).await;
     assert_eq!(s, 200);
+}
+
+/// A database that hangs (connections open, no answers) cannot hold a request past
+/// `server.request_timeout_ms`: the client gets a JSON 503, and the service recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_database_is_bounded_by_the_request_timeout() {
+    let mut cfg = test_config(Backend::Postgres).await;
+    let url = url::Url::parse(&cfg.database_url).unwrap();
+    let relay = Relay::start(format!(
+        "{}:{}",
+        url.host_str().unwrap(),
+        url.port().unwrap_or(5432)
+    ))
+    .await;
+    let mut via = url.clone();
+    via.set_port(Some(relay.addr.port())).unwrap();
+    cfg.database_url = via.to_string();
+    // Database timeouts far longer than the request's own bound.
+    cfg.database.acquire_timeout_ms = 20_000;
+    cfg.database.statement_timeout_ms = 20_000;
+    cfg.server.request_timeout_ms = 700;
+    let app = TestApp::spawn_with(cfg).await;
+    let id = UserId::random();
+    let t = token(id, false);
+    app.create_profile(id, json!({"name": "x"})).await;
+    let path = format!("/api/profiles/{id}");
+
+    relay.stalled.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    let (s, body) = json_of(
+        app.send_json(reqwest::Method::PUT, &path, &t, &json!({"name": "y"}))
+            .await,
+    )
+    .await;
+    assert_eq!(s, 503, "{body}");
+    assert!(body["detail"].is_string());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+
+    relay.stalled.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = app.get(&path, &t).await;
+        if res.status() == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "did not recover: {}",
+            res.status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -90,6 +90,27 @@ pub async fn authenticate(
     }
 }
 
+/// Bounds a whole request by `server.request_timeout_ms`: a request stuck past it (every
+/// dependency has its own, shorter timeout, so this is the last resort) gets a JSON 503
+/// rather than holding the connection.
+pub async fn bound_request(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response<Body> {
+    let limit = std::time::Duration::from_millis(state.config.server.request_timeout_ms);
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = state.config.server.request_timeout_ms,
+                "request timed out"
+            );
+            ApiError::Unavailable("The service").into_response()
+        }
+    }
+}
+
 /// Counts requests and their latency by route template and status.
 pub async fn record_metrics(State(_): State<AppState>, req: Request, next: Next) -> Response<Body> {
     let start = Instant::now();
