@@ -5,12 +5,14 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-/// Installs the tracing subscriber (`RUST_LOG`, default `info`); JSON or human-readable.
+/// Installs the tracing subscriber (`RUST_LOG`, default `info`) on stderr; JSON or human-readable.
 pub fn init_logging(format: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // stderr, so that `TOKEN=$(user-api token …)` captures the token and nothing else.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_writer(std::io::stderr);
     let _ = if format == "json" {
         builder.json().flatten_event(true).try_init()
     } else {

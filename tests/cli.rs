@@ -75,10 +75,18 @@ async fn dev_mode_quick_start_and_no_pii_in_logs() {
     assert!(dir.join("data/dev-keys/private.pem").exists());
 
     let id = uuid::Uuid::new_v4().to_string();
+    // stdout carries the token alone (logs go to stderr): `TOKEN=$(user-api token …)`.
     let out = cmd(&dir)
         .args(["token", "--sub", &id, "--role", "user"])
         .output()
         .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .split('.')
+            .count(),
+        3
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -225,4 +233,28 @@ fn migrate_and_seed() {
     );
     let text: Value = json!(String::from_utf8_lossy(&out.stdout));
     assert!(text.as_str().unwrap().contains("inserted 500"), "{text}");
+}
+
+#[test]
+fn token_on_a_fresh_machine_prints_only_the_token() {
+    let dir = tempdir();
+    let out = cmd(&dir)
+        .args([
+            "token",
+            "--sub",
+            &uuid::Uuid::new_v4().to_string(),
+            "--role",
+            "admin",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert_eq!(stdout.trim().split('.').count(), 3, "{stdout}");
+    assert!(dir.join("data/dev-keys/private.pem").exists());
 }
