@@ -475,37 +475,54 @@ async fn a_cached_read_costs_one_round_trip() {
     // The app reaches the node through the counting proxy.
     config.redis_url = Some(format!("redis://127.0.0.1:{}", proxy.port));
     let (app, path, t) = app_with_cached_profile(config).await;
-    let server = target.server();
-    server.reset_stats();
-    let before = proxy.get();
-
-    let (s, body) = json_of(app.get(&path, &t).await).await;
-    assert_eq!((s, &body["cached"]), (200, &json!(true)));
-    let trips = proxy.get() - before;
-    let calls = server.commandstats();
-    let calls_of = |n: &str| calls.get(n).copied().unwrap_or(0);
-    assert_eq!(calls_of("evalsha"), 1, "{calls:?}");
-    assert_eq!(calls_of("get"), 1, "{calls:?}");
-    for name in calls.keys() {
-        // The script's own commands, and this test's INFO and CONFIG.
-        assert!(
-            [
-                "evalsha",
-                "get",
-                "incr",
-                "pttl",
-                "pexpireat",
-                "info",
-                "config|resetstat"
-            ]
-            .contains(&name.as_str()),
-            "unexpected command {name} on the hot path: {calls:?}"
+    // Settings too: cache them first (a miss, then a hit).
+    let settings = format!("{path}/settings");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while json_of(app.get(&settings, &t).await).await.1["cached"] != true {
+        assert!(Instant::now() < deadline, "settings never became cached");
+    }
+    // `GET /profile` reads the same entry as the profile route (a bare body: a miss would
+    // show as a second EVALSHA, the guarded fill).
+    for read in [
+        path.as_str(),
+        settings.as_str(),
+        "/api/profiles/me",
+        "/profile",
+    ] {
+        let server = target.server();
+        server.reset_stats();
+        let before = proxy.get();
+        let (s, body) = json_of(app.get(read, &t).await).await;
+        assert_eq!(s, 200, "{read}: {body}");
+        if body.get("cached").is_some() {
+            assert_eq!(body["cached"], json!(true), "{read}: {body}");
+        }
+        let trips = proxy.get() - before;
+        let calls = server.commandstats();
+        let calls_of = |n: &str| calls.get(n).copied().unwrap_or(0);
+        assert_eq!(calls_of("evalsha"), 1, "{read}: {calls:?}");
+        assert_eq!(calls_of("get"), 1, "{read}: {calls:?}");
+        for name in calls.keys() {
+            // The script's own commands, and this test's INFO and CONFIG.
+            assert!(
+                [
+                    "evalsha",
+                    "get",
+                    "incr",
+                    "pttl",
+                    "pexpireat",
+                    "info",
+                    "config|resetstat"
+                ]
+                .contains(&name.as_str()),
+                "{read}: unexpected command {name} on the hot path: {calls:?}"
+            );
+        }
+        assert_eq!(
+            trips, 1,
+            "{read}: the rate-limit script and the cache GET share one round trip: {trips} ({calls:?})"
         );
     }
-    assert_eq!(
-        trips, 1,
-        "the rate-limit script and the cache GET share one round trip: {trips} ({calls:?})"
-    );
 }
 
 /// An app connected to a test-owned node (to be killed), its Redis timeout short as in

@@ -1,14 +1,15 @@
 //! `/profile`: the caller's own profile, for the existing front ends that proxy it.
 //! These answer with the bare profile object, as the service they replace did.
 
-use axum::Json;
 use axum::extract::State;
+use axum::{Extension, Json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::dto::ErrorBody;
 use super::extract::JsonBody;
 use crate::auth::Caller;
+use crate::cache::Prefetched;
 use crate::db::DbError;
 use crate::domain::{NewProfile, Profile, ProfileInput, ProfilePatch, ProfilePatchInput};
 use crate::error::ApiError;
@@ -25,8 +26,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub async fn get_own(
     State(state): State<AppState>,
     caller: Caller,
+    prefetched: Option<Extension<Prefetched>>,
 ) -> Result<Json<Profile>, ApiError> {
-    if let Some(found) = state.profiles.get(caller.user_id, None).await? {
+    let prefetched = prefetched.map(|Extension(p)| p);
+    if let Some(found) = state.profiles.get(caller.user_id, prefetched).await? {
         return Ok(Json(found.value));
     }
     match state

@@ -1,7 +1,7 @@
 //! `/api/profiles/{user_id}/settings` and `/preferences`: one JSON object each.
 
-use axum::Json;
 use axum::extract::State;
+use axum::{Extension, Json};
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -9,6 +9,7 @@ use utoipa_axum::routes;
 use super::dto::ErrorBody;
 use super::extract::{JsonBody, RawId, authorize, parse_user_id};
 use crate::auth::Caller;
+use crate::cache::Prefetched;
 use crate::domain::{Document, DocumentKind, ValidationError};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -25,12 +26,13 @@ async fn read(
     caller: &Caller,
     raw: &str,
     kind: DocumentKind,
+    prefetched: Option<Extension<Prefetched>>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_user_id(raw)?;
     authorize(caller, id)?;
     let doc = state
         .profiles
-        .document(kind, id)
+        .document(kind, id, prefetched.map(|Extension(p)| p))
         .await?
         .ok_or(ApiError::NotFound("Profile not found"))?;
     Ok(Json(
@@ -69,8 +71,9 @@ pub async fn get_settings(
     State(state): State<AppState>,
     caller: Caller,
     RawId(raw): RawId,
+    prefetched: Option<Extension<Prefetched>>,
 ) -> Result<Json<Value>, ApiError> {
-    read(&state, &caller, &raw, DocumentKind::Settings).await
+    read(&state, &caller, &raw, DocumentKind::Settings, prefetched).await
 }
 
 /// Replaces the user's settings object (at most 16 KiB).
@@ -97,8 +100,9 @@ pub async fn get_preferences(
     State(state): State<AppState>,
     caller: Caller,
     RawId(raw): RawId,
+    prefetched: Option<Extension<Prefetched>>,
 ) -> Result<Json<Value>, ApiError> {
-    read(&state, &caller, &raw, DocumentKind::Preferences).await
+    read(&state, &caller, &raw, DocumentKind::Preferences, prefetched).await
 }
 
 /// Replaces the user's preferences object (at most 16 KiB).

@@ -86,8 +86,8 @@ pub fn keys_for(scope: InvalidationScope, id: UserId) -> Vec<String> {
     }
 }
 
-/// The raw value a GET of `profile_key(id)` returned, fetched in the same round trip as the
-/// rate limiter's script (the hot path's single Redis round trip).
+/// The raw value a GET of the read's cache key (`profile_key` or `document_key`) returned,
+/// fetched in the same round trip as the rate limiter's script (one Redis round trip).
 #[derive(Clone, Debug)]
 pub struct Prefetched(pub Option<String>);
 
@@ -414,8 +414,9 @@ impl Cache {
         &self,
         kind: DocumentKind,
         id: UserId,
+        prefetched: Option<Prefetched>,
     ) -> Result<Option<Lookup<JsonObject>>, DbError> {
-        self.read::<JsonObject>(Kind::Document(kind), id, None)
+        self.read::<JsonObject>(Kind::Document(kind), id, prefetched)
             .await
     }
 

@@ -59,21 +59,29 @@ pub async fn failed_auth(
     res
 }
 
-/// The id a profile read is about, when the request is one the cache can serve in the
-/// same round trip as the count: `GET /api/profiles/{user_id}` with a well-formed id the
-/// caller may read, or `GET /api/profiles/me`.
-fn prefetch_target(req: &Request, template: &str, caller: &Caller) -> Option<UserId> {
-    let id = match template {
-        "/api/profiles/me" => caller.user_id,
-        "/api/profiles/{user_id}" => req
-            .uri()
-            .path()
-            .strip_prefix("/api/profiles/")?
-            .parse::<UserId>()
-            .ok()?,
-        _ => return None,
+/// The cache key a read is about, when the request is one the cache can serve from the
+/// same round trip as the count: a profile (`GET /api/profiles/{user_id}`, `/me`, `GET
+/// /profile`) or a document (`…/settings`, `…/preferences`) with a well-formed id the caller
+/// may read.
+fn prefetch_key(req: &Request, template: &str, caller: &Caller) -> Option<String> {
+    use crate::cache::{document_key, profile_key};
+    use crate::domain::DocumentKind;
+    let path_id = || -> Option<UserId> {
+        let rest = req.uri().path().strip_prefix("/api/profiles/")?;
+        let id = rest.split('/').next()?.parse::<UserId>().ok()?;
+        caller.may_access(id).then_some(id)
     };
-    caller.may_access(id).then_some(id)
+    match template {
+        "/api/profiles/me" | "/profile" => Some(profile_key(caller.user_id)),
+        "/api/profiles/{user_id}" => path_id().map(profile_key),
+        "/api/profiles/{user_id}/settings" => {
+            path_id().map(|id| document_key(DocumentKind::Settings, id))
+        }
+        "/api/profiles/{user_id}/preferences" => {
+            path_id().map(|id| document_key(DocumentKind::Preferences, id))
+        }
+        _ => None,
+    }
 }
 
 /// Rate-limits an authenticated request by its caller and route (after `authenticate`),
@@ -99,19 +107,14 @@ pub async fn enforce(
     };
     let limiter = &state.limiter;
     let prefetch = if policy == Policy::ProfilesRead && limiter.uses_redis() {
-        prefetch_target(&req, &template, &caller)
+        prefetch_key(&req, &template, &caller)
     } else {
         None
     };
     let outcome = match prefetch {
-        Some(id) => {
+        Some(key) => {
             limiter
-                .check_and_get(
-                    caller.user_id,
-                    policy,
-                    &endpoint,
-                    &crate::cache::profile_key(id),
-                )
+                .check_and_get(caller.user_id, policy, &endpoint, &key)
                 .await
         }
         None => limiter

@@ -124,8 +124,9 @@ impl ProfileService {
         &self,
         kind: DocumentKind,
         id: UserId,
+        prefetched: Option<Prefetched>,
     ) -> Result<Option<Lookup<JsonObject>>, DbError> {
-        self.cache.document(kind, id).await
+        self.cache.document(kind, id, prefetched).await
     }
 
     /// Replaces a document; `None` when there is no profile.
