@@ -19,12 +19,15 @@
 //!   the write's own transaction) and makes this instance "dirty": it reads only the
 //!   database until a drain pass has applied every pending invalidation.
 
+mod entry;
 mod flight;
+mod keys;
 mod memory;
 pub mod prewarm;
 mod redis_store;
 mod store;
 mod tasks;
+mod totals;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -33,20 +36,24 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
-use futures::future::BoxFuture;
-use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, PrewarmConfig};
 use crate::db::{DbError, InvalidationScope, Repo};
-use crate::domain::{DocumentKind, JsonObject, Profile, UserId, timestamp};
+use crate::domain::{DocumentKind, JsonObject, Profile, UserId};
 use crate::redis::{RedisClient, StoreError};
 use crate::service::{BatchOutcome, Lookup, count_query, dedupe};
 use flight::Flights;
 
+pub use entry::entry_ttl;
+pub use keys::{document_key, keys_for, profile_key};
 pub use memory::MemoryStore;
 pub use redis_store::RedisStore;
 pub use store::{CacheStore, Fill, HITS_KEY, MISSES_KEY};
 pub use tasks::spawn_background;
+pub use totals::CacheMetrics;
+
+use entry::{Cached, now_millis};
+use keys::Kind;
 
 /// How long an invalidation marker lives.
 pub const MARKER_TTL: Duration = Duration::from_secs(30);
@@ -63,64 +70,10 @@ pub const MARKER_PREFIX: &str = "inv:";
 const DRAIN_BATCH: u32 = 200;
 const DRAIN_ROUNDS: usize = 20;
 
-/// The cache key of a profile.
-pub fn profile_key(id: UserId) -> String {
-    format!("cache:profile:{id}")
-}
-
-/// The cache key of a settings or preferences document.
-pub fn document_key(kind: DocumentKind, id: UserId) -> String {
-    format!("cache:{}:{id}", kind.as_str())
-}
-
-/// The keys an invalidation of `scope` replaces with markers.
-pub fn keys_for(scope: InvalidationScope, id: UserId) -> Vec<String> {
-    match scope {
-        InvalidationScope::Profile => vec![profile_key(id)],
-        InvalidationScope::Document(kind) => vec![document_key(kind, id)],
-        InvalidationScope::All => vec![
-            profile_key(id),
-            document_key(DocumentKind::Settings, id),
-            document_key(DocumentKind::Preferences, id),
-        ],
-    }
-}
-
 /// The raw value a GET of the read's cache key (`profile_key` or `document_key`) returned,
 /// fetched in the same round trip as the rate limiter's script (one Redis round trip).
 #[derive(Clone, Debug)]
 pub struct Prefetched(pub Option<String>);
-
-/// Hit and miss totals, shared by every instance.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct CacheMetrics {
-    /// Reads answered with a cached profile or document.
-    pub hits: u64,
-    /// Every other read (including not-found answers, tombstoned or not).
-    pub misses: u64,
-    /// `hits + misses`.
-    pub total: u64,
-    /// Percent of reads that were hits, 2 decimals; 0.0 when there were none.
-    pub hit_rate: f64,
-}
-
-impl CacheMetrics {
-    /// Totals from counts.
-    pub fn from_counts(hits: u64, misses: u64) -> Self {
-        let total = hits + misses;
-        let hit_rate = if total == 0 {
-            0.0
-        } else {
-            (hits as f64 * 10_000.0 / total as f64).round() / 100.0
-        };
-        Self {
-            hits,
-            misses,
-            total,
-            hit_rate,
-        }
-    }
-}
 
 /// Cache tuning, from the configuration.
 #[derive(Debug, Clone)]
@@ -156,157 +109,7 @@ impl CacheSettings {
     }
 }
 
-/// The entry TTL for a value of `id` cached at `cached_at`: `ttl` minus a jitter in
-/// `[0, ttl * jitter_percent / 100]` that depends only on `(id, cached_at)`.
-pub fn entry_ttl(
-    ttl: Duration,
-    jitter_percent: u64,
-    id: UserId,
-    cached_at: DateTime<Utc>,
-) -> Duration {
-    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-    let max_jitter = ttl_ms / 100 * jitter_percent + ttl_ms % 100 * jitter_percent / 100;
-    if max_jitter == 0 {
-        return ttl;
-    }
-    // FNV-1a: stable across processes and versions, unlike std's hasher.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let millis = cached_at.timestamp_millis().to_le_bytes();
-    for b in id.as_uuid().as_bytes().iter().chain(millis.iter()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    Duration::from_millis(ttl_ms - h % (max_jitter + 1))
-}
-
-/// Now, to the millisecond (what `cached_at` carries and the jitter hashes).
-fn now_millis() -> DateTime<Utc> {
-    let now = Utc::now();
-    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
-}
-
-/// Which entry a key holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Profile,
-    Document(DocumentKind),
-}
-
-impl Kind {
-    fn key(self, id: UserId) -> String {
-        match self {
-            Self::Profile => profile_key(id),
-            Self::Document(k) => document_key(k, id),
-        }
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Self::Profile => "profile",
-            Self::Document(k) => k.as_str(),
-        }
-    }
-}
-
-/// A value kind the cache stores: how it is encoded, decoded and loaded.
-trait Cached: Clone + Send + Sync + Sized + 'static {
-    fn encode(&self, cached_at: DateTime<Utc>) -> Option<String>;
-    fn decode(raw: &str) -> Option<(Self, DateTime<Utc>)>;
-    fn load(
-        repo: Repo,
-        kind: Kind,
-        id: UserId,
-    ) -> BoxFuture<'static, Result<Option<Self>, DbError>>;
-    fn flights(inner: &Inner) -> &Flights<Option<Self>>;
-}
-
-#[derive(Serialize)]
-struct ProfileOut<'a> {
-    #[serde(flatten)]
-    profile: &'a Profile,
-    #[serde(with = "timestamp")]
-    cached_at: DateTime<Utc>,
-}
-
-#[derive(Deserialize)]
-struct ProfileIn {
-    #[serde(flatten)]
-    profile: Profile,
-    #[serde(with = "timestamp")]
-    cached_at: DateTime<Utc>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct DocumentEntry {
-    data: JsonObject,
-    #[serde(with = "timestamp")]
-    cached_at: DateTime<Utc>,
-}
-
-impl Cached for Profile {
-    fn encode(&self, cached_at: DateTime<Utc>) -> Option<String> {
-        serde_json::to_string(&ProfileOut {
-            profile: self,
-            cached_at,
-        })
-        .ok()
-    }
-
-    fn decode(raw: &str) -> Option<(Self, DateTime<Utc>)> {
-        serde_json::from_str::<ProfileIn>(raw)
-            .ok()
-            .map(|e| (e.profile, e.cached_at))
-    }
-
-    fn load(repo: Repo, _: Kind, id: UserId) -> BoxFuture<'static, Result<Option<Self>, DbError>> {
-        async move {
-            count_query("fetch");
-            repo.fetch(id).await
-        }
-        .boxed()
-    }
-
-    fn flights(inner: &Inner) -> &Flights<Option<Self>> {
-        &inner.profile_flights
-    }
-}
-
-impl Cached for JsonObject {
-    fn encode(&self, cached_at: DateTime<Utc>) -> Option<String> {
-        serde_json::to_string(&DocumentEntry {
-            data: self.clone(),
-            cached_at,
-        })
-        .ok()
-    }
-
-    fn decode(raw: &str) -> Option<(Self, DateTime<Utc>)> {
-        serde_json::from_str::<DocumentEntry>(raw)
-            .ok()
-            .map(|e| (e.data, e.cached_at))
-    }
-
-    fn load(
-        repo: Repo,
-        kind: Kind,
-        id: UserId,
-    ) -> BoxFuture<'static, Result<Option<Self>, DbError>> {
-        async move {
-            let Kind::Document(doc) = kind else {
-                return Ok(None);
-            };
-            count_query("fetch_document");
-            Ok(repo.fetch_document(doc, id).await?.map(|d| d.data))
-        }
-        .boxed()
-    }
-
-    fn flights(inner: &Inner) -> &Flights<Option<Self>> {
-        &inner.document_flights
-    }
-}
-
-struct Inner {
+pub(super) struct Inner {
     store: Arc<dyn CacheStore>,
     repo: Repo,
     settings: CacheSettings,
@@ -756,54 +559,4 @@ pub enum DrainError {
     /// The invalidations could not be applied.
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jitter_only_shortens_and_is_deterministic() {
-        let ttl = Duration::from_secs(300);
-        let id = UserId::random();
-        for i in 0..1000 {
-            let at = DateTime::from_timestamp_millis(1_700_000_000_000 + i * 7).unwrap();
-            let t = entry_ttl(ttl, 10, id, at);
-            assert!(t <= ttl && t >= Duration::from_secs(270), "{t:?}");
-            assert_eq!(t, entry_ttl(ttl, 10, id, at));
-        }
-        assert_eq!(entry_ttl(ttl, 0, id, Utc::now()), ttl);
-    }
-
-    #[test]
-    fn hit_rate_has_two_decimals() {
-        assert_eq!(CacheMetrics::from_counts(7, 1).hit_rate, 87.5);
-        assert_eq!(CacheMetrics::from_counts(1, 2).hit_rate, 33.33);
-        assert_eq!(CacheMetrics::from_counts(0, 0).hit_rate, 0.0);
-    }
-
-    #[test]
-    fn entries_round_trip() {
-        let p = Profile {
-            user_id: UserId::random(),
-            first_name: Some("太郎".into()),
-            last_name: None,
-            name: Some("\"quoted\"".into()),
-            email: None,
-            phone: None,
-            address: None,
-            date_of_birth: None,
-            last_login: None,
-            created_at: now_millis(),
-            updated_at: now_millis(),
-        };
-        let at = now_millis();
-        let raw = p.encode(at).unwrap();
-        assert!(raw.contains("\"cached_at\""));
-        assert_eq!(Profile::decode(&raw), Some((p, at)));
-        let mut d = JsonObject::new();
-        d.insert("theme".into(), serde_json::json!("dark"));
-        let raw = d.encode(at).unwrap();
-        assert_eq!(JsonObject::decode(&raw), Some((d, at)));
-    }
 }

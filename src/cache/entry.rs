@@ -1,0 +1,186 @@
+//! What a cache entry holds and how long it lives: the full value plus `cached_at`, encoded
+//! the same way by every writer, with a TTL that jitter only shortens.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use super::Inner;
+use super::flight::Flights;
+use super::keys::Kind;
+use crate::db::{DbError, Repo};
+use crate::domain::{JsonObject, Profile, UserId, timestamp};
+use crate::service::count_query;
+
+/// The entry TTL for a value of `id` cached at `cached_at`: `ttl` minus a jitter in
+/// `[0, ttl * jitter_percent / 100]` that depends only on `(id, cached_at)`.
+pub fn entry_ttl(
+    ttl: Duration,
+    jitter_percent: u64,
+    id: UserId,
+    cached_at: DateTime<Utc>,
+) -> Duration {
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    let max_jitter = ttl_ms / 100 * jitter_percent + ttl_ms % 100 * jitter_percent / 100;
+    if max_jitter == 0 {
+        return ttl;
+    }
+    // FNV-1a: stable across processes and versions, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let millis = cached_at.timestamp_millis().to_le_bytes();
+    for b in id.as_uuid().as_bytes().iter().chain(millis.iter()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    Duration::from_millis(ttl_ms - h % (max_jitter + 1))
+}
+
+/// Now, to the millisecond (what `cached_at` carries and the jitter hashes).
+pub(super) fn now_millis() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
+}
+
+/// A value kind the cache stores: how it is encoded, decoded and loaded.
+pub(super) trait Cached: Clone + Send + Sync + Sized + 'static {
+    fn encode(&self, cached_at: DateTime<Utc>) -> Option<String>;
+    fn decode(raw: &str) -> Option<(Self, DateTime<Utc>)>;
+    fn load(
+        repo: Repo,
+        kind: Kind,
+        id: UserId,
+    ) -> BoxFuture<'static, Result<Option<Self>, DbError>>;
+    fn flights(inner: &Inner) -> &Flights<Option<Self>>;
+}
+
+#[derive(Serialize)]
+struct ProfileOut<'a> {
+    #[serde(flatten)]
+    profile: &'a Profile,
+    #[serde(with = "timestamp")]
+    cached_at: DateTime<Utc>,
+}
+
+#[derive(Deserialize)]
+struct ProfileIn {
+    #[serde(flatten)]
+    profile: Profile,
+    #[serde(with = "timestamp")]
+    cached_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DocumentEntry {
+    data: JsonObject,
+    #[serde(with = "timestamp")]
+    cached_at: DateTime<Utc>,
+}
+
+impl Cached for Profile {
+    fn encode(&self, cached_at: DateTime<Utc>) -> Option<String> {
+        serde_json::to_string(&ProfileOut {
+            profile: self,
+            cached_at,
+        })
+        .ok()
+    }
+
+    fn decode(raw: &str) -> Option<(Self, DateTime<Utc>)> {
+        serde_json::from_str::<ProfileIn>(raw)
+            .ok()
+            .map(|e| (e.profile, e.cached_at))
+    }
+
+    fn load(repo: Repo, _: Kind, id: UserId) -> BoxFuture<'static, Result<Option<Self>, DbError>> {
+        async move {
+            count_query("fetch");
+            repo.fetch(id).await
+        }
+        .boxed()
+    }
+
+    fn flights(inner: &Inner) -> &Flights<Option<Self>> {
+        &inner.profile_flights
+    }
+}
+
+impl Cached for JsonObject {
+    fn encode(&self, cached_at: DateTime<Utc>) -> Option<String> {
+        serde_json::to_string(&DocumentEntry {
+            data: self.clone(),
+            cached_at,
+        })
+        .ok()
+    }
+
+    fn decode(raw: &str) -> Option<(Self, DateTime<Utc>)> {
+        serde_json::from_str::<DocumentEntry>(raw)
+            .ok()
+            .map(|e| (e.data, e.cached_at))
+    }
+
+    fn load(
+        repo: Repo,
+        kind: Kind,
+        id: UserId,
+    ) -> BoxFuture<'static, Result<Option<Self>, DbError>> {
+        async move {
+            let Kind::Document(doc) = kind else {
+                return Ok(None);
+            };
+            count_query("fetch_document");
+            Ok(repo.fetch_document(doc, id).await?.map(|d| d.data))
+        }
+        .boxed()
+    }
+
+    fn flights(inner: &Inner) -> &Flights<Option<Self>> {
+        &inner.document_flights
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_only_shortens_and_is_deterministic() {
+        let ttl = Duration::from_secs(300);
+        let id = UserId::random();
+        for i in 0..1000 {
+            let at = DateTime::from_timestamp_millis(1_700_000_000_000 + i * 7).unwrap();
+            let t = entry_ttl(ttl, 10, id, at);
+            assert!(t <= ttl && t >= Duration::from_secs(270), "{t:?}");
+            assert_eq!(t, entry_ttl(ttl, 10, id, at));
+        }
+        assert_eq!(entry_ttl(ttl, 0, id, Utc::now()), ttl);
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        let p = Profile {
+            user_id: UserId::random(),
+            first_name: Some("太郎".into()),
+            last_name: None,
+            name: Some("\"quoted\"".into()),
+            email: None,
+            phone: None,
+            address: None,
+            date_of_birth: None,
+            last_login: None,
+            created_at: now_millis(),
+            updated_at: now_millis(),
+        };
+        let at = now_millis();
+        let raw = p.encode(at).unwrap();
+        assert!(raw.contains("\"cached_at\""));
+        assert_eq!(Profile::decode(&raw), Some((p, at)));
+        let mut d = JsonObject::new();
+        d.insert("theme".into(), serde_json::json!("dark"));
+        let raw = d.encode(at).unwrap();
+        assert_eq!(JsonObject::decode(&raw), Some((d, at)));
+    }
+}
