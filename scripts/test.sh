@@ -129,8 +129,9 @@ log "cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 log "tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --no-fail-fast "$@"
+  # Doctests first (nextest does not run them), so the run closes on nextest's summary.
   cargo test --doc --quiet
+  cargo nextest run --no-fail-fast "$@"
 else
   cargo test --no-fail-fast "$@"
 fi
