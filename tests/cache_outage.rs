@@ -232,3 +232,116 @@ async fn starts_and_serves_while_redis_is_down() {
     target.server().restart().await;
     hit_again(&app, id, "the cache is used once redis is up").await;
 }
+
+/// The index of the cluster node holding `key` (asked directly: only the owner answers
+/// `EXISTS` with a number, the others with `MOVED`).
+fn owner_of(cluster: &common::redis::RedisCluster, key: &str) -> Option<usize> {
+    cluster
+        .nodes
+        .iter()
+        .position(|n| n.cli(&["EXISTS", key]).trim() == "1")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_node_killed_mid_run_then_restarted() {
+    // Well under a second, with up to a few Redis calls of at most `timeout_ms` each.
+    const CLUSTER_PATIENCE: Duration = Duration::from_millis(800);
+    let mut target = Target::new(StoreKind::Cluster).await;
+    let mut c = cache_config(Backend::Postgres, &target).await;
+    c.redis.breaker_cooldown_ms = 300;
+    c.redis.timeout_ms = 200;
+    let app = spawn_ready(c).await;
+
+    let ids: Vec<UserId> = (0..6).map(|_| UserId::random()).collect();
+    let mut last: Vec<String> = Vec::new();
+    for (n, id) in ids.iter().enumerate() {
+        let name = format!("before-{n}");
+        create(&app, *id, json!({"name": name})).await;
+        read(&app, *id).await;
+        assert_eq!(read(&app, *id).await.1["cached"], true, "cached before");
+        last.push(name);
+    }
+    let owners: Vec<usize> = ids
+        .iter()
+        .map(|id| {
+            owner_of(target.cluster(), &format!("cache:profile:{id}"))
+                .unwrap_or_else(|| panic!("no node holds the entry of {id}"))
+        })
+        .collect();
+    let victim = owners[0];
+    assert_eq!(ready(&app).await.1["status"], "ok");
+
+    target.cluster_mut().node_mut(victim).kill();
+    let killed = Instant::now();
+    let mut round = 0;
+    let mut seen_down = false;
+    // At least 2 s, and until `/ready` has said degraded (the breaker opened). The node
+    // comes back before the survivors mark it FAIL (cluster-node-timeout 5 s): once they
+    // have, Redis itself takes ~10 s more to clear the flag and report `cluster_state:ok`.
+    while !(seen_down && killed.elapsed() >= Duration::from_secs(2)) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(4),
+            "/ready never said redis down while a master was dead"
+        );
+        round += 1;
+        for (n, id) in ids.iter().enumerate() {
+            let name = format!("during-{round}-{n}");
+            let took = timed_put(&app, *id, &name).await;
+            assert!(
+                took < CLUSTER_PATIENCE,
+                "PUT took {took:?} with a master down (entry on node {}, dead {victim})",
+                owners[n]
+            );
+            last[n] = name;
+            let (s, b, took) = timed_read(&app, *id).await;
+            assert_eq!(s, 200, "GET with a master down: {b}");
+            assert!(
+                took < CLUSTER_PATIENCE,
+                "GET took {took:?} with a master down (entry on node {}, dead {victim})",
+                owners[n]
+            );
+            assert_eq!(b["profile"]["name"], last[n], "reads see the writes: {b}");
+        }
+        let (s, r) = ready(&app).await;
+        assert_eq!(s, 200, "a master down is degraded, not dead: {r}");
+        if r["redis"] == "down" {
+            assert_eq!(r["status"], "degraded", "{r}");
+            seen_down = true;
+        }
+    }
+
+    target.cluster_mut().node_mut(victim).restart().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !target
+        .cluster()
+        .nodes
+        .iter()
+        .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+    {
+        assert!(Instant::now() < deadline, "the cluster did not heal");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let back = Instant::now();
+    loop {
+        let mut all_cached = true;
+        for (n, id) in ids.iter().enumerate() {
+            let (s, b) = read(&app, *id).await;
+            assert_eq!(s, 200);
+            assert_eq!(
+                b["profile"]["name"], last[n],
+                "served a value older than the last acknowledged PUT: {b}"
+            );
+            all_cached &= b["cached"] == true;
+        }
+        let ready_ok = ready(&app).await.1["status"] == "ok";
+        if all_cached && ready_ok {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "15 s after the cluster healed: /ready ok: {ready_ok}, every read a hit: {all_cached}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

@@ -256,6 +256,12 @@ impl RedisCluster {
         Self { nodes }
     }
 
+    /// Node `i`, to kill or restart it (a restart keeps its port, directory and
+    /// `nodes.conf`, so it rejoins the cluster).
+    pub fn node_mut(&mut self, i: usize) -> &mut RedisServer {
+        &mut self.nodes[i]
+    }
+
     /// Seed URLs (`REDIS_CLUSTER_URLS`).
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
@@ -351,6 +357,14 @@ impl Target {
 
     /// The test-owned cluster.
     pub fn cluster(&self) -> &RedisCluster {
+        match self {
+            Self::Cluster(cl) => cl,
+            _ => panic!("not a test-owned cluster"),
+        }
+    }
+
+    /// The test-owned cluster, to kill or restart its nodes.
+    pub fn cluster_mut(&mut self) -> &mut RedisCluster {
         match self {
             Self::Cluster(cl) => cl,
             _ => panic!("not a test-owned cluster"),
