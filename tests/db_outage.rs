@@ -98,19 +98,51 @@ impl Relay {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn database_outage_is_503_and_recovers() {
+/// An app on a fresh PostgreSQL database reached through a relay, with `tune` applied.
+async fn app_via_relay(tune: impl FnOnce(&mut user_api::config::Config)) -> (Relay, TestApp) {
     let mut cfg = test_config(Backend::Postgres).await;
-    // Route the app's database URL through the relay.
     let url = url::Url::parse(&cfg.database_url).unwrap();
-    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
-    let relay = Relay::start(upstream).await;
+    let relay = Relay::start(format!(
+        "{}:{}",
+        url.host_str().unwrap(),
+        url.port().unwrap_or(5432)
+    ))
+    .await;
     let mut via = url.clone();
     via.set_port(Some(relay.addr.port())).unwrap();
     cfg.database_url = via.to_string();
-    cfg.database.acquire_timeout_ms = 1000;
-    cfg.database.statement_timeout_ms = 1000;
-    let app = TestApp::spawn_with(cfg).await;
+    tune(&mut cfg);
+    (relay, TestApp::spawn_with(cfg).await)
+}
+
+/// Retries `attempt` until it answers 200, for at most 10 s.
+async fn until_ok<F, Fut>(mut attempt: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = reqwest::Response>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = attempt().await;
+        if res.status() == 200 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "did not recover: {}",
+            res.status()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_is_503_and_recovers() {
+    let (relay, app) = app_via_relay(|cfg| {
+        cfg.database.acquire_timeout_ms = 1000;
+        cfg.database.statement_timeout_ms = 1000;
+    })
+    .await;
 
     let id = UserId::random();
     let t = token(id, false);
@@ -155,21 +187,8 @@ async fn database_outage_is_503_and_recovers() {
     );
 
     relay.restore().await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let res = app
-            .send_json(reqwest::Method::PUT, &path, &t, &json!({"name": "after"}))
-            .await;
-        if res.status() == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "did not recover: {}",
-            res.status()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let after = json!({"name": "after"});
+    until_ok(|| app.send_json(reqwest::Method::PUT, &path, &t, &after)).await;
     let (_, body) = json_of(app.get(&path, &t).await).await;
     assert_eq!(body["profile"]["name"], "after");
     let (s, _) = json_of(app.client.get(app.url("/ready")).send().await.unwrap()).await;
@@ -180,22 +199,13 @@ async fn database_outage_is_503_and_recovers() {
 /// `server.request_timeout_ms`: the client gets a JSON 503, and the service recovers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hanging_database_is_bounded_by_the_request_timeout() {
-    let mut cfg = test_config(Backend::Postgres).await;
-    let url = url::Url::parse(&cfg.database_url).unwrap();
-    let relay = Relay::start(format!(
-        "{}:{}",
-        url.host_str().unwrap(),
-        url.port().unwrap_or(5432)
-    ))
+    let (relay, app) = app_via_relay(|cfg| {
+        // Database timeouts far longer than the request's own bound.
+        cfg.database.acquire_timeout_ms = 20_000;
+        cfg.database.statement_timeout_ms = 20_000;
+        cfg.server.request_timeout_ms = 700;
+    })
     .await;
-    let mut via = url.clone();
-    via.set_port(Some(relay.addr.port())).unwrap();
-    cfg.database_url = via.to_string();
-    // Database timeouts far longer than the request's own bound.
-    cfg.database.acquire_timeout_ms = 20_000;
-    cfg.database.statement_timeout_ms = 20_000;
-    cfg.server.request_timeout_ms = 700;
-    let app = TestApp::spawn_with(cfg).await;
     let id = UserId::random();
     let t = token(id, false);
     app.create_profile(id, json!({"name": "x"})).await;
@@ -217,17 +227,5 @@ async fn hanging_database_is_bounded_by_the_request_timeout() {
     );
 
     relay.stalled.store(false, Ordering::SeqCst);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let res = app.get(&path, &t).await;
-        if res.status() == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "did not recover: {}",
-            res.status()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_ok(|| app.get(&path, &t)).await;
 }
