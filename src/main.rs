@@ -124,7 +124,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     if dev_mode {
         let port = app.port();
         eprintln!(
-            "\nDEV MODE: tokens are signed with a local key. Get one with:\n  cargo run -- token --sub $(cat /proc/sys/kernel/random/uuid) --role admin\nthen: curl -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:{port}/api/profiles/me\n"
+            "\nDEV MODE: tokens are signed with a local key. Get one with:\n  TOKEN=$(cargo run --release -q -- token --sub $(cat /proc/sys/kernel/random/uuid) --role admin)\nthen: curl -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:{port}/api/profiles/me\n"
         );
     }
     let token = app.shutdown_token();
