@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, Response, header};
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 
-use crate::auth::AuthError;
+use crate::auth::{self, AuthError};
 use crate::error::ApiError;
 use crate::ratelimit;
 use crate::state::AppState;
@@ -17,7 +17,8 @@ use crate::state::AppState;
 /// Longest `Authorization` header considered; longer ones are refused unparsed.
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
-/// Extracts the bearer token, if well-formed.
+/// The bearer token of a request: the header must be visible ASCII and not oversized; the
+/// scheme itself is parsed by [`auth::bearer_token`].
 pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
     let value = headers
         .get(header::AUTHORIZATION)
@@ -27,11 +28,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
     if value.len() > MAX_TOKEN_BYTES {
         return Err(AuthError::Missing);
     }
-    let (scheme, token) = value.trim().split_once(' ').ok_or(AuthError::Missing)?;
-    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-        return Err(AuthError::Missing);
-    }
-    Ok(token.trim())
+    auth::bearer_token(value)
 }
 
 /// Verifies the bearer token and hands the `Caller` to the handlers.
