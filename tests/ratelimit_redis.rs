@@ -397,7 +397,8 @@ async fn failed_authentication_is_limited_per_address() {
     );
 
     let mut conn = connect(&common::redis_url()).await;
-    let ip: std::net::IpAddr = addr.parse().unwrap();
+    // IPv6 addresses are limited per /64.
+    let ip = user_api::ratelimit::middleware::limited_unit(addr.parse().unwrap());
     let key = Window::current(3600).address_key(ip);
     let count: i64 = conn.get(&key).await.unwrap();
     assert_eq!(
