@@ -374,15 +374,7 @@ async fn compat_routes(backend: Backend) {
     )
     .await;
     assert_eq!(s, 403);
-    assert_eq!(
-        app.client
-            .get(app.url("/profile"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(app.get_anonymous("/profile").await.status(), 401);
 }
 
 async fn batch_reads(backend: Backend) {
@@ -610,26 +602,19 @@ async fn malformed_and_wrong_content_type(backend: Backend) {
 
 async fn unknown_routes_and_methods_are_json(backend: Backend) {
     let app = TestApp::spawn(backend).await;
-    let (s, b) = json_of(app.client.get(app.url("/nope")).send().await.unwrap()).await;
+    let (s, b) = json_of(app.get_anonymous("/nope").await).await;
     assert_eq!(s, 404);
     assert!(b["detail"].is_string());
     let (s, _) = json_of(app.client.post(app.url("/health")).send().await.unwrap()).await;
     assert_eq!(s, 405);
-    let (s, b) = json_of(app.client.get(app.url("/health")).send().await.unwrap()).await;
+    let (s, b) = json_of(app.get_anonymous("/health").await).await;
     assert_eq!((s, b), (200, json!({"status": "ok"})));
-    let (s, b) = json_of(app.client.get(app.url("/healthz")).send().await.unwrap()).await;
+    let (s, b) = json_of(app.get_anonymous("/healthz").await).await;
     assert_eq!((s, b), (200, json!({"status": "ok"})));
-    let (s, b) = json_of(app.client.get(app.url("/ready")).send().await.unwrap()).await;
+    let (s, b) = json_of(app.get_anonymous("/ready").await).await;
     assert_eq!(s, 200);
     assert_eq!(b["database"], "ok");
-    let (s, doc) = json_of(
-        app.client
-            .get(app.url("/openapi.json"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, doc) = json_of(app.get_anonymous("/openapi.json").await).await;
     assert_eq!(s, 200);
     for p in [
         "/api/profiles/{user_id}",
@@ -645,10 +630,10 @@ async fn unknown_routes_and_methods_are_json(backend: Backend) {
     ] {
         assert!(doc["paths"][p].is_object(), "{p} missing from OpenAPI");
     }
-    let res = app.client.get(app.url("/docs/")).send().await.unwrap();
+    let res = app.get_anonymous("/docs/").await;
     assert_eq!(res.status(), 200);
     assert!(res.text().await.unwrap().to_lowercase().contains("swagger"));
-    let res = app.client.get(app.url("/metrics")).send().await.unwrap();
+    let res = app.get_anonymous("/metrics").await;
     assert_eq!(res.status(), 200);
     let text = res.text().await.unwrap();
     assert!(text.contains("http_requests_total"), "{text}");

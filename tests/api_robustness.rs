@@ -710,14 +710,7 @@ fn junk_tokens(victim: UserId, valid: &str) -> Vec<Vec<u8>> {
 /// Route templates with their documented methods, and the operations that take a body,
 /// from the OpenAPI document.
 async fn openapi_routes(app: &TestApp) -> (Vec<(String, Vec<String>)>, Vec<(String, String)>) {
-    let (s, doc) = common::json_of(
-        app.client
-            .get(app.url("/openapi.json"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (s, doc) = common::json_of(app.get_anonymous("/openapi.json").await).await;
     assert_eq!(s, 200);
     let paths = doc["paths"].as_object().expect("openapi paths");
     let routes: Vec<(String, Vec<String>)> = paths

@@ -168,9 +168,9 @@ async fn database_outage_is_503_and_recovers() {
             started.elapsed()
         );
     }
-    let (s, body) = json_of(app.client.get(app.url("/ready")).send().await.unwrap()).await;
+    let (s, body) = json_of(app.get_anonymous("/ready").await).await;
     assert_eq!((s, body["database"].as_str()), (503, Some("down")));
-    let (s, _) = json_of(app.client.get(app.url("/health")).send().await.unwrap()).await;
+    let (s, _) = json_of(app.get_anonymous("/health").await).await;
     assert_eq!(s, 200, "liveness does not depend on the database");
     let metrics = app
         .client
@@ -191,7 +191,7 @@ async fn database_outage_is_503_and_recovers() {
     until_ok(|| app.send_json(reqwest::Method::PUT, &path, &t, &after)).await;
     let (_, body) = json_of(app.get(&path, &t).await).await;
     assert_eq!(body["profile"]["name"], "after");
-    let (s, _) = json_of(app.client.get(app.url("/ready")).send().await.unwrap()).await;
+    let (s, _) = json_of(app.get_anonymous("/ready").await).await;
     assert_eq!(s, 200);
 }
 
