@@ -87,7 +87,6 @@ impl App {
         }
         let cache = Cache::new(
             Cache::store_for(redis.as_ref()),
-            repo.clone(),
             CacheSettings::from_config(&config),
         );
         let profiles = ProfileService::new(repo, cache.clone());
@@ -109,11 +108,11 @@ impl App {
             })?;
         // Invalidations left in the outbox by a crashed instance are applied before this
         // one reads the cache; bounded, and retried by the drainer when Redis is down.
-        if let Err(e) = cache.drain_outbox().await {
+        if let Err(e) = state.profiles.drain_outbox().await {
             tracing::warn!(error = %e, "pending cache invalidations not applied yet; reading the database until they are");
         }
         let shutdown = CancellationToken::new();
-        cache::spawn_background(&cache, &shutdown, config.prewarm.enabled);
+        service::spawn_background(&state.profiles, &shutdown, config.prewarm.enabled);
         Ok(Self {
             router: api::router(state.clone()),
             listener,

@@ -24,7 +24,7 @@ pub struct AppState {
     pub logins: LoginRecorder,
     /// The Prometheus recorder, for `/metrics`.
     pub metrics: PrometheusHandle,
-    /// The profile cache (also reachable through `profiles`).
+    /// The profile cache (also reachable through `profiles`): admin routes and health.
     pub cache: Cache,
     /// The shared Redis connection; `None` with the embedded store.
     pub redis: Option<RedisClient>,

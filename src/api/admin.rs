@@ -8,8 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::dto::ErrorBody;
-use super::extract::{RawId, parse_user_id, require_admin};
-use crate::auth::Caller;
+use super::extract::{Admin, Subject};
 use crate::cache::{CacheMetrics, keys_for};
 use crate::db::InvalidationScope;
 use crate::error::ApiError;
@@ -73,9 +72,8 @@ fn store_down(e: StoreError) -> ApiError {
               (status = 503, body = ErrorBody)))]
 pub async fn get_metrics(
     State(state): State<AppState>,
-    caller: Caller,
+    _: Admin,
 ) -> Result<Json<MetricsBody>, ApiError> {
-    require_admin(&caller)?;
     state
         .cache
         .metrics()
@@ -90,9 +88,8 @@ pub async fn get_metrics(
               (status = 503, body = ErrorBody)))]
 pub async fn reset_metrics(
     State(state): State<AppState>,
-    caller: Caller,
+    _: Admin,
 ) -> Result<Json<MetricsBody>, ApiError> {
-    require_admin(&caller)?;
     state.cache.reset_metrics().await.map_err(store_down)?;
     Ok(Json(CacheMetrics::from_counts(0, 0).into()))
 }
@@ -104,11 +101,9 @@ pub async fn reset_metrics(
               (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn invalidate_user(
     State(state): State<AppState>,
-    caller: Caller,
-    RawId(raw): RawId,
+    _: Admin,
+    Subject(id): Subject,
 ) -> Result<Json<Invalidated>, ApiError> {
-    require_admin(&caller)?;
-    let id = parse_user_id(&raw)?;
     state
         .cache
         .invalidate(id, InvalidationScope::All)
@@ -122,11 +117,7 @@ pub async fn invalidate_user(
 /// Runs the prewarm now (also when start-up prewarm is off).
 #[utoipa::path(post, path = "/api/admin/cache/prewarm", tag = "admin", security(("bearer" = [])),
     responses((status = 200, body = Prewarmed), (status = 403, body = ErrorBody)))]
-pub async fn prewarm(
-    State(state): State<AppState>,
-    caller: Caller,
-) -> Result<Json<Prewarmed>, ApiError> {
-    require_admin(&caller)?;
-    let prewarmed = state.cache.prewarm().await?;
+pub async fn prewarm(State(state): State<AppState>, _: Admin) -> Result<Json<Prewarmed>, ApiError> {
+    let prewarmed = state.profiles.prewarm().await?;
     Ok(Json(Prewarmed { prewarmed }))
 }

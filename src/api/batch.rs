@@ -8,8 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::dto::ErrorBody;
-use super::extract::{JsonBody, require_admin};
-use crate::auth::Caller;
+use super::extract::{Admin, JsonBody};
 use crate::domain::{Profile, UserId, ValidationError};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -56,10 +55,9 @@ pub struct BatchResponse {
               (status = 422, body = ErrorBody)))]
 pub async fn batch_profiles(
     State(state): State<AppState>,
-    caller: Caller,
+    _: Admin,
     body: JsonBody,
 ) -> Result<Json<BatchResponse>, ApiError> {
-    require_admin(&caller)?;
     let raw = match body.parse::<BatchRequest>() {
         Ok(BatchRequest::List(ids)) | Ok(BatchRequest::Wrapped(WrappedIds { user_ids: ids })) => {
             ids

@@ -9,10 +9,10 @@ use utoipa_axum::routes;
 use super::dto::ErrorBody;
 use super::extract::JsonBody;
 use crate::auth::Caller;
-use crate::cache::Prefetched;
 use crate::db::DbError;
 use crate::domain::{NewProfile, Profile, ProfileInput, ProfilePatch, ProfilePatchInput};
 use crate::error::ApiError;
+use crate::service::Prefetched;
 use crate::state::AppState;
 
 /// Routes of this resource.
@@ -62,7 +62,7 @@ pub async fn upsert_own(
     caller: Caller,
     body: JsonBody,
 ) -> Result<Json<Profile>, ApiError> {
-    let (id, new) = body.parse::<ProfileInput>()?.validate()?;
+    let (id, new) = body.parse_object::<ProfileInput>()?.validate()?;
     if id.is_some_and(|id| id != caller.user_id) {
         return Err(ApiError::Forbidden);
     }
@@ -81,7 +81,7 @@ pub async fn update_own(
     caller: Caller,
     body: JsonBody,
 ) -> Result<Json<Profile>, ApiError> {
-    let patch = body.parse::<ProfilePatchInput>()?.validate()?;
+    let patch = body.parse_object::<ProfilePatchInput>()?.validate()?;
     state
         .profiles
         .update(caller.user_id, &patch)

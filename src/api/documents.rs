@@ -7,11 +7,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::dto::ErrorBody;
-use super::extract::{JsonBody, RawId, authorize, parse_user_id};
-use crate::auth::Caller;
-use crate::cache::Prefetched;
-use crate::domain::{Document, DocumentKind, ValidationError};
+use super::extract::{JsonBody, Subject};
+use crate::domain::{Document, DocumentKind, JsonObject, UserId};
 use crate::error::ApiError;
+use crate::service::Prefetched;
 use crate::state::AppState;
 
 /// Routes of this resource.
@@ -23,13 +22,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 async fn read(
     state: &AppState,
-    caller: &Caller,
-    raw: &str,
+    id: UserId,
     kind: DocumentKind,
     prefetched: Option<Extension<Prefetched>>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_user_id(raw)?;
-    authorize(caller, id)?;
     let doc = state
         .profiles
         .document(kind, id, prefetched.map(|Extension(p)| p))
@@ -42,17 +38,11 @@ async fn read(
 
 async fn replace(
     state: &AppState,
-    caller: &Caller,
-    raw: &str,
+    id: UserId,
     kind: DocumentKind,
     body: &JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    let id = parse_user_id(raw)?;
-    authorize(caller, id)?;
-    let data = match body.parse::<Value>()? {
-        Value::Object(map) => map,
-        _ => return Err(ValidationError::new("body", "must be a JSON object").into()),
-    };
+    let data = body.parse_object::<JsonObject>()?;
     Document::validate(&data)?;
     let doc = state
         .profiles
@@ -69,11 +59,10 @@ async fn replace(
               (status = 404, body = ErrorBody)))]
 pub async fn get_settings(
     State(state): State<AppState>,
-    caller: Caller,
-    RawId(raw): RawId,
+    Subject(id): Subject,
     prefetched: Option<Extension<Prefetched>>,
 ) -> Result<Json<Value>, ApiError> {
-    read(&state, &caller, &raw, DocumentKind::Settings, prefetched).await
+    read(&state, id, DocumentKind::Settings, prefetched).await
 }
 
 /// Replaces the user's settings object (at most 16 KiB).
@@ -84,11 +73,10 @@ pub async fn get_settings(
               (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn put_settings(
     State(state): State<AppState>,
-    caller: Caller,
-    RawId(raw): RawId,
+    Subject(id): Subject,
     body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    replace(&state, &caller, &raw, DocumentKind::Settings, &body).await
+    replace(&state, id, DocumentKind::Settings, &body).await
 }
 
 /// The user's preferences (`{}` when never set).
@@ -98,11 +86,10 @@ pub async fn put_settings(
               (status = 404, body = ErrorBody)))]
 pub async fn get_preferences(
     State(state): State<AppState>,
-    caller: Caller,
-    RawId(raw): RawId,
+    Subject(id): Subject,
     prefetched: Option<Extension<Prefetched>>,
 ) -> Result<Json<Value>, ApiError> {
-    read(&state, &caller, &raw, DocumentKind::Preferences, prefetched).await
+    read(&state, id, DocumentKind::Preferences, prefetched).await
 }
 
 /// Replaces the user's preferences object (at most 16 KiB).
@@ -113,9 +100,8 @@ pub async fn get_preferences(
               (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn put_preferences(
     State(state): State<AppState>,
-    caller: Caller,
-    RawId(raw): RawId,
+    Subject(id): Subject,
     body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    replace(&state, &caller, &raw, DocumentKind::Preferences, &body).await
+    replace(&state, id, DocumentKind::Preferences, &body).await
 }

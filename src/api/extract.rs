@@ -2,13 +2,13 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Path, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use crate::auth::{AuthError, Caller};
-use crate::domain::UserId;
+use crate::domain::{UserId, ValidationError};
 use crate::error::ApiError;
 
 /// Largest request body accepted (SPEC 6).
@@ -19,18 +19,52 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub struct JsonBody(Bytes);
 
 impl JsonBody {
-    /// Parses the body: malformed JSON is 400, a well-formed body of the wrong shape 422.
+    /// Parses a body of any JSON shape: malformed JSON is 400, a well-formed body of the
+    /// wrong shape 422.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
         serde_json::from_slice(&self.0).map_err(|e| {
             use serde_json::error::Category;
             match e.classify() {
-                Category::Data => ApiError::Unprocessable(e.to_string()),
+                Category::Data => ApiError::Unprocessable(describe(&e)),
                 Category::Syntax | Category::Eof | Category::Io => {
                     ApiError::BadRequest(format!("Malformed JSON body: {e}"))
                 }
             }
         })
     }
+
+    /// Parses a body that must be a JSON object. An array or a scalar is 422, whatever the
+    /// target type would make of it (serde reads an array as a struct's fields in order).
+    pub fn parse_object<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        let first = self.0.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            // Well-formed but not an object: 422; not JSON at all: 400, as for any body.
+            self.parse::<serde::de::IgnoredAny>()?;
+            return Err(ValidationError::new("body", "must be a JSON object").into());
+        }
+        self.parse()
+    }
+}
+
+/// serde's explanation without the Rust type names it may carry.
+fn describe(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    [
+        "expected struct ",
+        "expected enum ",
+        "expected tuple struct ",
+    ]
+    .iter()
+    .fold(text, |text, marker| match text.find(marker) {
+        Some(at) => {
+            let rest = &text[at + marker.len()..];
+            let name_end = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            format!("{}expected a JSON object{}", &text[..at], &rest[name_end..])
+        }
+        None => text,
+    })
 }
 
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
@@ -69,27 +103,91 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
     }
 }
 
-/// The `{user_id}` path segment, undecoded failures included: a segment that is not even
-/// UTF-8 (`%FF`) must get the same 422 as any other non-UUID, and only after the caller's
-/// rights are checked, so this extractor never rejects; `parse_user_id` decides.
-pub struct RawId(pub String);
+/// The user a request is about, parsed and authorized once per request: the `{user_id}`
+/// of the path (anything but a UUID is 422 before it reaches a store; a caller who is
+/// neither its owner nor an admin gets 403), or the caller itself on routes without one.
+/// The rate-limit layer and the handler both extract it; the answer is kept in the
+/// request's extensions, so the work happens once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subject(pub UserId);
 
-impl<S: Send + Sync> FromRequestParts<S> for RawId {
-    type Rejection = std::convert::Infallible;
+/// Why a request has no subject (kept, like the subject, for the second extraction).
+#[derive(Debug, Clone, Copy)]
+enum NoSubject {
+    Unauthenticated,
+    InvalidId,
+    Forbidden,
+}
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Ok(Self(
-            Path::<String>::from_request_parts(parts, state)
-                .await
-                .map(|Path(raw)| raw)
-                .unwrap_or_default(),
-        ))
+impl From<NoSubject> for ApiError {
+    fn from(e: NoSubject) -> Self {
+        match e {
+            NoSubject::Unauthenticated => ApiError::Unauthorized(AuthError::Missing),
+            NoSubject::InvalidId => ValidationError::new("user_id", "must be a UUID").into(),
+            NoSubject::Forbidden => ApiError::Forbidden,
+        }
     }
 }
 
-/// The `{user_id}` path segment, parsed: anything but a UUID is 422 before it reaches a store.
-pub fn parse_user_id(raw: &str) -> Result<UserId, ApiError> {
-    Ok(raw.parse::<UserId>()?)
+#[derive(Clone, Copy)]
+struct ResolvedSubject(Result<UserId, NoSubject>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Subject {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(ResolvedSubject(r)) = parts.extensions.get::<ResolvedSubject>() {
+            return r.map(Self).map_err(Into::into);
+        }
+        let resolved = resolve_subject(parts, state).await;
+        parts.extensions.insert(ResolvedSubject(resolved));
+        resolved.map(Self).map_err(Into::into)
+    }
+}
+
+async fn resolve_subject<S: Send + Sync>(
+    parts: &mut Parts,
+    state: &S,
+) -> Result<UserId, NoSubject> {
+    let caller = parts
+        .extensions
+        .get::<Caller>()
+        .cloned()
+        .ok_or(NoSubject::Unauthenticated)?;
+    let has_id = parts
+        .extensions
+        .get::<MatchedPath>()
+        .is_some_and(|m| m.as_str().contains("{user_id}"));
+    if !has_id {
+        return Ok(caller.user_id);
+    }
+    // A segment that is not even UTF-8 (`%FF`) fails here: the same 422 as any non-UUID.
+    let id = Path::<String>::from_request_parts(parts, state)
+        .await
+        .ok()
+        .and_then(|Path(raw)| raw.parse::<UserId>().ok())
+        .ok_or(NoSubject::InvalidId)?;
+    if caller.may_access(id) {
+        Ok(id)
+    } else {
+        Err(NoSubject::Forbidden)
+    }
+}
+
+/// An admin caller; anyone else gets 403 (before any other part of the request is read).
+pub struct Admin;
+
+impl<S: Send + Sync> FromRequestParts<S> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        if caller.is_admin {
+            Ok(Self)
+        } else {
+            Err(ApiError::Forbidden)
+        }
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -106,7 +204,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
-/// Refuses a caller who is neither the owner of `id` nor an admin.
+/// Refuses a caller who is neither the owner of `id` nor an admin (for ids that come
+/// from a body rather than the path).
 pub fn authorize(caller: &Caller, id: UserId) -> Result<(), ApiError> {
     if caller.may_access(id) {
         Ok(())
@@ -115,11 +214,35 @@ pub fn authorize(caller: &Caller, id: UserId) -> Result<(), ApiError> {
     }
 }
 
-/// Refuses a caller who is not an admin.
-pub fn require_admin(caller: &Caller) -> Result<(), ApiError> {
-    if caller.is_admin {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(text: &str) -> JsonBody {
+        JsonBody(Bytes::from(text.to_owned()))
+    }
+
+    #[test]
+    fn only_objects_pass_and_no_type_names_leak() {
+        for text in ["[]", "[\"a\",\"b\"]", "1", "\"x\"", "null", " [1] "] {
+            let e = body(text).parse_object::<serde_json::Value>().unwrap_err();
+            assert_eq!(e.to_string(), "body: must be a JSON object", "{text}");
+        }
+        assert!(matches!(
+            body("[1").parse_object::<serde_json::Value>(),
+            Err(ApiError::BadRequest(_))
+        ));
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Inner {
+            a: u8,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Outer {
+            inner: Inner,
+        }
+        let e = body(r#"{"inner": 5}"#).parse_object::<Outer>().unwrap_err();
+        assert!(!e.to_string().contains("Inner"), "{e}");
     }
 }

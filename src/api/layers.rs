@@ -1,17 +1,21 @@
-//! Cross-cutting middleware: authentication, request metrics, panic containment.
+//! Cross-cutting middleware: authentication, the per-user rate limit, request metrics,
+//! panic containment.
 
 use std::any::Any;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, Response, header};
+use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::{HeaderMap, Method, Response, header};
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 
-use crate::auth::{self, AuthError};
+use super::extract::Subject;
+use crate::auth::{self, AuthError, Caller};
+use crate::cache::Kind;
+use crate::domain::DocumentKind;
 use crate::error::ApiError;
-use crate::ratelimit;
+use crate::ratelimit::{self, LimitError, Policy};
 use crate::state::AppState;
 
 /// Longest `Authorization` header considered; longer ones are refused unparsed.
@@ -85,6 +89,79 @@ pub async fn authenticate(
             }
         }
     }
+}
+
+/// The cache entry a read route serves, so its look can ride with the rate-limit count.
+fn read_kind(method: &Method, template: &str) -> Option<Kind> {
+    if method != Method::GET {
+        return None;
+    }
+    match template {
+        "/api/profiles/me" | "/profile" | "/api/profiles/{user_id}" => Some(Kind::Profile),
+        "/api/profiles/{user_id}/settings" => Some(Kind::Document(DocumentKind::Settings)),
+        "/api/profiles/{user_id}/preferences" => Some(Kind::Document(DocumentKind::Preferences)),
+        _ => None,
+    }
+}
+
+/// Rate-limits an authenticated request by its caller and route (after `authenticate`),
+/// and puts the rate-limit headers on whatever the handler answers. A read the caller may
+/// make counts and looks at its cache entry in one round trip (`ProfileService::admit_read`).
+pub async fn limit(State(state): State<AppState>, req: Request, next: Next) -> Response<Body> {
+    // Without a caller the handler's extractor answers 401; nothing to count per user.
+    let Some(caller) = req.extensions().get::<Caller>().cloned() else {
+        return next.run(req).await;
+    };
+    let Some(template) = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+    else {
+        return next.run(req).await;
+    };
+    let Some((policy, endpoint)) = Policy::classify(req.method(), &template) else {
+        return next.run(req).await;
+    };
+    let limiter = &state.limiter;
+    let (mut parts, body) = req.into_parts();
+    let read = match read_kind(&parts.method, &template) {
+        Some(kind) if policy == Policy::ProfilesRead => {
+            Subject::from_request_parts(&mut parts, &())
+                .await
+                .ok()
+                .map(|Subject(id)| (kind, id))
+        }
+        _ => None,
+    };
+    let mut req = Request::from_parts(parts, body);
+    let outcome = match read {
+        Some((kind, id)) => {
+            state
+                .profiles
+                .admit_read(limiter, caller.user_id, policy, &endpoint, kind, id)
+                .await
+        }
+        None => limiter
+            .check(caller.user_id, policy, &endpoint)
+            .await
+            .map(|d| (d, None)),
+    };
+    let (decision, prefetched) = match outcome {
+        Ok(v) => v,
+        Err(LimitError::Unavailable) => {
+            return ApiError::Unavailable("Rate limiter").into_response();
+        }
+    };
+    if !decision.allowed() {
+        return ratelimit::headers::rejection(&decision);
+    }
+    if let Some(p) = prefetched {
+        // Only an admitted request may use what was read alongside its count.
+        req.extensions_mut().insert(p);
+    }
+    let mut res = next.run(req).await;
+    ratelimit::headers::apply(res.headers_mut(), &decision);
+    res
 }
 
 /// Bounds a whole request by `server.request_timeout_ms`: a request stuck past it (every

@@ -20,7 +20,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::error::ApiError;
-use crate::ratelimit;
 use crate::state::AppState;
 
 pub use extract::MAX_BODY_BYTES;
@@ -54,10 +53,7 @@ pub fn router(state: AppState) -> Router {
         .merge(admin::router())
         // The outer layer runs first: authenticate (with the per-address limit), then the
         // per-user limit, which needs the caller.
-        .layer(from_fn_with_state(
-            state.clone(),
-            ratelimit::middleware::enforce,
-        ))
+        .layer(from_fn_with_state(state.clone(), layers::limit))
         .layer(from_fn_with_state(state.clone(), layers::authenticate));
     let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(protected)

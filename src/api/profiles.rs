@@ -8,11 +8,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::dto::{ErrorBody, ProfileCreated, ProfileRead, ProfileUpdated};
-use super::extract::{JsonBody, RawId, authorize, parse_user_id};
+use super::extract::{JsonBody, Subject, authorize};
 use crate::auth::Caller;
-use crate::cache::Prefetched;
 use crate::domain::{ProfileInput, ProfilePatchInput, UserId};
 use crate::error::ApiError;
+use crate::service::Prefetched;
 use crate::state::AppState;
 
 /// Routes of this resource.
@@ -47,12 +47,9 @@ async fn read(
               (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn get_profile(
     State(state): State<AppState>,
-    caller: Caller,
-    RawId(raw): RawId,
+    Subject(id): Subject,
     prefetched: Option<Extension<Prefetched>>,
 ) -> Result<Json<ProfileRead>, ApiError> {
-    let id = parse_user_id(&raw)?;
-    authorize(&caller, id)?;
     read(&state, id, prefetched.map(|Extension(p)| p)).await
 }
 
@@ -62,10 +59,10 @@ pub async fn get_profile(
     responses((status = 200, body = ProfileRead), (status = 404, body = ErrorBody)))]
 pub async fn get_me(
     State(state): State<AppState>,
-    caller: Caller,
+    Subject(me): Subject,
     prefetched: Option<Extension<Prefetched>>,
 ) -> Result<Json<ProfileRead>, ApiError> {
-    read(&state, caller.user_id, prefetched.map(|Extension(p)| p)).await
+    read(&state, me, prefetched.map(|Extension(p)| p)).await
 }
 
 /// Creates a profile; `user_id` defaults to the caller's.
@@ -79,7 +76,7 @@ pub async fn create_profile(
     caller: Caller,
     body: JsonBody,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (id, new) = body.parse::<ProfileInput>()?.validate()?;
+    let (id, new) = body.parse_object::<ProfileInput>()?.validate()?;
     let id = id.unwrap_or(caller.user_id);
     authorize(&caller, id)?;
     let profile = state.profiles.create(id, &new).await?;
@@ -96,13 +93,10 @@ pub async fn create_profile(
 
 async fn apply_update(
     state: &AppState,
-    caller: &Caller,
-    raw: &str,
+    id: UserId,
     body: &JsonBody,
 ) -> Result<Json<ProfileUpdated>, ApiError> {
-    let id = parse_user_id(raw)?;
-    authorize(caller, id)?;
-    let patch = body.parse::<ProfilePatchInput>()?.validate()?;
+    let patch = body.parse_object::<ProfilePatchInput>()?.validate()?;
     let profile = state
         .profiles
         .update(id, &patch)
@@ -123,11 +117,10 @@ async fn apply_update(
               (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn update_profile(
     State(state): State<AppState>,
-    caller: Caller,
-    RawId(raw): RawId,
+    Subject(id): Subject,
     body: JsonBody,
 ) -> Result<Json<ProfileUpdated>, ApiError> {
-    apply_update(&state, &caller, &raw, &body).await
+    apply_update(&state, id, &body).await
 }
 
 /// Same as `PUT`: a partial update.
@@ -139,11 +132,10 @@ pub async fn update_profile(
               (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn patch_profile(
     State(state): State<AppState>,
-    caller: Caller,
-    RawId(raw): RawId,
+    Subject(id): Subject,
     body: JsonBody,
 ) -> Result<Json<ProfileUpdated>, ApiError> {
-    apply_update(&state, &caller, &raw, &body).await
+    apply_update(&state, id, &body).await
 }
 
 /// Deletes a profile with its settings and preferences.
@@ -153,11 +145,8 @@ pub async fn patch_profile(
     responses((status = 204), (status = 404, body = ErrorBody)))]
 pub async fn delete_profile(
     State(state): State<AppState>,
-    caller: Caller,
-    RawId(raw): RawId,
+    Subject(id): Subject,
 ) -> Result<StatusCode, ApiError> {
-    let id = parse_user_id(&raw)?;
-    authorize(&caller, id)?;
     if state.profiles.delete(id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -4,16 +4,9 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use super::Inner;
-use super::flight::Flights;
-use super::keys::Kind;
-use crate::db::{DbError, Repo};
 use crate::domain::{JsonObject, Profile, UserId, timestamp};
-use crate::service::count_query;
 
 /// The entry TTL for a value of `id` cached at `cached_at`: `ttl` minus a jitter in
 /// `[0, ttl * jitter_percent / 100]` that depends only on `(id, cached_at)`.
@@ -39,21 +32,17 @@ pub fn entry_ttl(
 }
 
 /// Now, to the millisecond (what `cached_at` carries and the jitter hashes).
-pub(super) fn now_millis() -> DateTime<Utc> {
+pub fn now_millis() -> DateTime<Utc> {
     let now = Utc::now();
     DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
 }
 
-/// A value kind the cache stores: how it is encoded, decoded and loaded.
-pub(super) trait Cached: Clone + Send + Sync + Sized + 'static {
+/// A value kind the cache stores, and how its entry is encoded and decoded.
+pub trait Cached: Clone + Send + Sync + Sized + 'static {
+    /// The entry: the value plus `cached_at`.
     fn encode(&self, cached_at: DateTime<Utc>) -> Option<String>;
+    /// The value and its `cached_at`; `None` for anything that is not a whole entry.
     fn decode(raw: &str) -> Option<(Self, DateTime<Utc>)>;
-    fn load(
-        repo: Repo,
-        kind: Kind,
-        id: UserId,
-    ) -> BoxFuture<'static, Result<Option<Self>, DbError>>;
-    fn flights(inner: &Inner) -> &Flights<Option<Self>>;
 }
 
 #[derive(Serialize)]
@@ -93,18 +82,6 @@ impl Cached for Profile {
             .ok()
             .map(|e| (e.profile, e.cached_at))
     }
-
-    fn load(repo: Repo, _: Kind, id: UserId) -> BoxFuture<'static, Result<Option<Self>, DbError>> {
-        async move {
-            count_query("fetch");
-            repo.fetch(id).await
-        }
-        .boxed()
-    }
-
-    fn flights(inner: &Inner) -> &Flights<Option<Self>> {
-        &inner.profile_flights
-    }
 }
 
 impl Cached for JsonObject {
@@ -120,25 +97,6 @@ impl Cached for JsonObject {
         serde_json::from_str::<DocumentEntry>(raw)
             .ok()
             .map(|e| (e.data, e.cached_at))
-    }
-
-    fn load(
-        repo: Repo,
-        kind: Kind,
-        id: UserId,
-    ) -> BoxFuture<'static, Result<Option<Self>, DbError>> {
-        async move {
-            let Kind::Document(doc) = kind else {
-                return Ok(None);
-            };
-            count_query("fetch_document");
-            Ok(repo.fetch_document(doc, id).await?.map(|d| d.data))
-        }
-        .boxed()
-    }
-
-    fn flights(inner: &Inner) -> &Flights<Option<Self>> {
-        &inner.document_flights
     }
 }
 

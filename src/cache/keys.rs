@@ -1,4 +1,13 @@
-//! The cache's keys: one per user and kind, so an invalidation knows exactly what to replace.
+//! The cache's keys. An entry key (`cache:profile:<id>`, `cache:settings:<id>`,
+//! `cache:preferences:<id>`) holds a whole JSON entry or nothing: other services and
+//! operators read it. Everything else the protocol needs lives in companion keys whose
+//! hash tag is the entry key, so on a Redis Cluster they share the entry's slot and one
+//! script can touch them together:
+//!
+//! * `{<entry>}:state`: the token of the last write (`SET … PX` by every invalidation);
+//!   a fill is stored only while it still holds what the reader saw before its database read;
+//! * `{<entry>}:missing`: a tombstone, "no such profile", for a short while;
+//! * `{<entry>}:refresh`: the cross-instance refresh-ahead lock.
 
 use crate::db::InvalidationScope;
 use crate::domain::{DocumentKind, UserId};
@@ -13,40 +22,110 @@ pub fn document_key(kind: DocumentKind, id: UserId) -> String {
     format!("cache:{}:{id}", kind.as_str())
 }
 
-/// The keys an invalidation of `scope` replaces with markers.
+/// The entry keys an invalidation of `scope` removes.
 pub fn keys_for(scope: InvalidationScope, id: UserId) -> Vec<String> {
+    kinds_for(scope)
+        .into_iter()
+        .map(|kind| kind.key(id))
+        .collect()
+}
+
+/// The entry kinds an invalidation of `scope` touches.
+pub fn kinds_for(scope: InvalidationScope) -> Vec<Kind> {
     match scope {
-        InvalidationScope::Profile => vec![profile_key(id)],
-        InvalidationScope::Document(kind) => vec![document_key(kind, id)],
+        InvalidationScope::Profile => vec![Kind::Profile],
+        InvalidationScope::Document(kind) => vec![Kind::Document(kind)],
         InvalidationScope::All => vec![
-            profile_key(id),
-            document_key(DocumentKind::Settings, id),
-            document_key(DocumentKind::Preferences, id),
+            Kind::Profile,
+            Kind::Document(DocumentKind::Settings),
+            Kind::Document(DocumentKind::Preferences),
         ],
     }
 }
 
 /// Which entry a key holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// `cache:profile:<id>`.
     Profile,
+    /// `cache:settings:<id>` or `cache:preferences:<id>`.
     Document(DocumentKind),
 }
 
 impl Kind {
-    /// This kind's key for `id`.
-    pub(super) fn key(self, id: UserId) -> String {
+    /// This kind's entry key for `id`.
+    pub fn key(self, id: UserId) -> String {
         match self {
             Self::Profile => profile_key(id),
             Self::Document(k) => document_key(k, id),
         }
     }
 
-    /// For logs and lock keys.
-    pub(super) fn name(self) -> &'static str {
+    /// The entry key of `id` with its companions.
+    pub fn keys(self, id: UserId) -> EntryKeys {
+        EntryKeys::new(self.key(id))
+    }
+
+    /// For logs and metrics.
+    pub fn name(self) -> &'static str {
         match self {
             Self::Profile => "profile",
             Self::Document(k) => k.as_str(),
         }
+    }
+}
+
+/// An entry key and its companion keys (all in the entry's hash slot).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EntryKeys {
+    /// The entry itself: whole JSON or absent.
+    pub entry: String,
+    /// The last write's token.
+    pub state: String,
+    /// The "no such profile" tombstone.
+    pub missing: String,
+}
+
+impl EntryKeys {
+    /// The companions of `entry`.
+    pub fn new(entry: String) -> Self {
+        Self {
+            state: format!("{{{entry}}}:state"),
+            missing: format!("{{{entry}}}:missing"),
+            entry,
+        }
+    }
+
+    /// The refresh-ahead lock of this entry.
+    pub fn refresh_lock(&self) -> String {
+        format!("{{{}}}:refresh", self.entry)
+    }
+
+    /// The three keys in the order every script and MGET takes them.
+    pub fn all(&self) -> [&str; 3] {
+        [&self.entry, &self.state, &self.missing]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::redis::key_slot;
+
+    #[test]
+    fn companions_share_the_entry_slot() {
+        let id = UserId::random();
+        for kind in kinds_for(InvalidationScope::All) {
+            let k = kind.keys(id);
+            let slot = key_slot(k.entry.as_bytes());
+            assert_eq!(key_slot(k.state.as_bytes()), slot, "{}", k.state);
+            assert_eq!(key_slot(k.missing.as_bytes()), slot, "{}", k.missing);
+            assert_eq!(key_slot(k.refresh_lock().as_bytes()), slot);
+            assert!(k.state.starts_with('{') && !k.state.starts_with("cache:"));
+        }
+        assert_eq!(
+            Kind::Profile.keys(id).state,
+            format!("{{cache:profile:{id}}}:state")
+        );
     }
 }

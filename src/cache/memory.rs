@@ -1,6 +1,7 @@
 //! The in-process store, used when no Redis is configured: the same operations with the
-//! same semantics (expiry, guarded fill, NX), so the cache protocol is the one tested on Redis.
-//! Per instance only: several instances without Redis do not see each other's invalidations.
+//! same semantics (expiry, guarded fill, atomic invalidation, NX), so the cache protocol is
+//! the one tested on Redis. Per instance only: several instances without Redis do not see
+//! each other's invalidations.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::store::{CacheStore, Fill};
+use super::keys::EntryKeys;
+use super::store::{CacheStore, Fill, FillContent, Observed};
 use crate::redis::StoreError;
 
 /// Fewest entries before expired ones are swept.
@@ -37,6 +39,31 @@ impl Map {
             self.entries.retain(|_, (_, exp)| *exp > now);
             self.sweep_at = (self.entries.len() * 2).max(MIN_SWEEP);
         }
+    }
+
+    fn observe(&mut self, keys: &EntryKeys, now: Instant) -> Observed {
+        Observed {
+            entry: self.live(&keys.entry, now).cloned(),
+            state: self.live(&keys.state, now).cloned(),
+            missing: self.live(&keys.missing, now).is_some(),
+        }
+    }
+
+    fn fill(&mut self, fill: &Fill, now: Instant) -> bool {
+        if self.live(&fill.keys.state, now).cloned() != fill.seen_state {
+            return false;
+        }
+        match &fill.content {
+            FillContent::Entry(v) => {
+                self.insert(&fill.keys.entry, v, fill.ttl, now);
+                self.entries.remove(&fill.keys.missing);
+            }
+            FillContent::Missing => {
+                self.insert(&fill.keys.missing, "1", fill.ttl, now);
+                self.entries.remove(&fill.keys.entry);
+            }
+        }
+        true
     }
 }
 
@@ -69,16 +96,6 @@ impl MemoryStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, Map> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
-
-    fn fill_locked(map: &mut Map, fill: &Fill, now: Instant) -> bool {
-        let current = map.live(&fill.key, now).map(String::as_str).unwrap_or("");
-        if current == fill.expected.as_deref().unwrap_or("") {
-            map.insert(&fill.key, &fill.value, fill.ttl, now);
-            true
-        } else {
-            false
-        }
-    }
 }
 
 #[async_trait]
@@ -99,6 +116,48 @@ impl CacheStore for MemoryStore {
         Ok(())
     }
 
+    async fn observe(&self, keys: &EntryKeys) -> Result<Observed, StoreError> {
+        Ok(self.lock().observe(keys, Instant::now()))
+    }
+
+    async fn observe_many(&self, keys: &[EntryKeys]) -> Result<Vec<Observed>, StoreError> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        Ok(keys.iter().map(|k| map.observe(k, now)).collect())
+    }
+
+    async fn invalidate(&self, keys: &[EntryKeys], ttl: Duration) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        for k in keys {
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            map.insert(&k.state, &token, ttl, now);
+            map.entries.remove(&k.entry);
+            map.entries.remove(&k.missing);
+        }
+        Ok(())
+    }
+
+    async fn fill(&self, fill: &Fill) -> Result<bool, StoreError> {
+        Ok(self.lock().fill(fill, Instant::now()))
+    }
+
+    async fn fill_many(&self, fills: &[Fill]) -> Result<Vec<bool>, StoreError> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        Ok(fills.iter().map(|f| map.fill(f, now)).collect())
+    }
+
+    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        if map.live(key, now).is_some() {
+            return Ok(false);
+        }
+        map.insert(key, value, ttl, now);
+        Ok(true)
+    }
+
     async fn get(&self, key: &str) -> Result<Option<String>, StoreError> {
         Ok(self.lock().live(key, Instant::now()).cloned())
     }
@@ -113,48 +172,6 @@ impl CacheStore for MemoryStore {
             .entries
             .get(key)
             .map(|(_, exp)| exp.saturating_duration_since(now)))
-    }
-
-    async fn mget(&self, keys: &[String]) -> Result<Vec<Option<String>>, StoreError> {
-        let now = Instant::now();
-        let mut map = self.lock();
-        Ok(keys.iter().map(|k| map.live(k, now).cloned()).collect())
-    }
-
-    async fn set_many(
-        &self,
-        entries: &[(String, String)],
-        ttl: Duration,
-    ) -> Result<(), StoreError> {
-        let now = Instant::now();
-        let mut map = self.lock();
-        for (k, v) in entries {
-            map.insert(k, v, ttl, now);
-        }
-        Ok(())
-    }
-
-    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError> {
-        let now = Instant::now();
-        let mut map = self.lock();
-        if map.live(key, now).is_some() {
-            return Ok(false);
-        }
-        map.insert(key, value, ttl, now);
-        Ok(true)
-    }
-
-    async fn fill(&self, fill: &Fill) -> Result<bool, StoreError> {
-        Ok(Self::fill_locked(&mut self.lock(), fill, Instant::now()))
-    }
-
-    async fn fill_many(&self, fills: &[Fill]) -> Result<usize, StoreError> {
-        let now = Instant::now();
-        let mut map = self.lock();
-        Ok(fills
-            .iter()
-            .filter(|f| Self::fill_locked(&mut map, f, now))
-            .count())
     }
 
     async fn add_counters(&self, hits: u64, misses: u64) -> Result<(), StoreError> {
@@ -181,38 +198,53 @@ impl CacheStore for MemoryStore {
 mod tests {
     use super::*;
 
-    fn fill(key: &str, expected: Option<&str>, value: &str) -> Fill {
+    fn fill(keys: &EntryKeys, seen: Option<&str>, content: FillContent) -> Fill {
         Fill {
-            key: key.into(),
-            expected: expected.map(Into::into),
-            value: value.into(),
+            keys: keys.clone(),
+            seen_state: seen.map(Into::into),
+            content,
             ttl: Duration::from_secs(10),
         }
     }
 
     #[tokio::test]
-    async fn guarded_fill_and_expiry() {
+    async fn guarded_fill_invalidation_and_expiry() {
         let s = MemoryStore::new();
-        assert!(s.fill(&fill("k", None, "v1")).await.unwrap());
-        assert!(
-            !s.fill(&fill("k", None, "v2")).await.unwrap(),
-            "only into an absent key"
-        );
-        s.set_many(&[("k".into(), "inv:a".into())], Duration::from_millis(30))
+        let k = EntryKeys::new("cache:profile:x".into());
+        let entry = |v: &str| FillContent::Entry(v.into());
+        assert!(s.fill(&fill(&k, None, entry("v1"))).await.unwrap());
+        assert_eq!(s.observe(&k).await.unwrap().entry.as_deref(), Some("v1"));
+        s.invalidate(std::slice::from_ref(&k), Duration::from_millis(30))
             .await
             .unwrap();
+        let seen = s.observe(&k).await.unwrap();
+        assert_eq!(seen.entry, None, "a write deletes the entry");
+        let token = seen.state.clone().expect("and leaves a fresh state");
         assert!(
-            !s.fill(&fill("k", Some("v1"), "v3")).await.unwrap(),
-            "marker wins"
+            !s.fill(&fill(&k, None, entry("old"))).await.unwrap(),
+            "a read from before the write is refused"
         );
-        assert!(s.fill(&fill("k", Some("inv:a"), "v4")).await.unwrap());
-        assert_eq!(s.get("k").await.unwrap().as_deref(), Some("v4"));
+        assert!(
+            s.fill(&fill(&k, Some(&token), FillContent::Missing))
+                .await
+                .unwrap()
+        );
+        let seen = s.observe(&k).await.unwrap();
+        assert!(seen.missing && seen.entry.is_none());
+        assert!(s.fill(&fill(&k, Some(&token), entry("v2"))).await.unwrap());
+        let seen = s.observe(&k).await.unwrap();
+        assert!(!seen.missing, "an entry replaces the tombstone");
         assert!(s.set_nx("l", "1", Duration::from_millis(20)).await.unwrap());
         assert!(!s.set_nx("l", "1", Duration::from_millis(20)).await.unwrap());
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(Duration::from_millis(35)).await;
         assert!(
             s.set_nx("l", "1", Duration::from_millis(20)).await.unwrap(),
             "expired"
+        );
+        assert_eq!(
+            s.observe(&k).await.unwrap().state,
+            None,
+            "the state expired"
         );
     }
 }

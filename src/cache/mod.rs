@@ -1,79 +1,61 @@
-//! The cache-aside protocol for profiles and their settings/preferences documents, over a
-//! [`CacheStore`] (Redis, Redis Cluster or in-process).
+//! The cache storage protocol for profiles and their settings/preferences documents, over a
+//! [`CacheStore`] (Redis, Redis Cluster or in-process). It knows keys, entries, guards and
+//! TTLs; the use cases that read the database and decide when to fill live in
+//! `crate::service`.
 //!
-//! Keys: `cache:profile:<id>`, `cache:settings:<id>`, `cache:preferences:<id>`. A key holds
-//! an entry (the full profile JSON plus `cached_at`, or `{"data": {...}, "cached_at": ...}`),
-//! an invalidation marker `inv:<random>`, or a tombstone `nf` (no such profile).
+//! Keys (see [`keys`]): an entry key (`cache:profile:<id>`, …) holds the whole JSON entry
+//! (the full profile plus `cached_at`, or `{"data": {...}, "cached_at": ...}`) or does not
+//! exist. Companion keys in the entry's hash slot hold the rest: the last write's state
+//! token, a tombstone for a missing profile, the refresh-ahead lock.
 //!
-//! * Writers, after the database commit, replace each affected key with a fresh marker
-//!   (`SET key inv:<token> PX 30000`), never a DEL.
-//! * Readers `GET` the key. An entry is a hit; a tombstone answers "not found" without the
-//!   database; nil or a marker is a miss: the reader reads the database (one read per key
-//!   and observed value per instance: single flight) and fills with the guarded script
-//!   "set only if the key still holds exactly what I saw". A writer that committed after
-//!   the read has put a new marker there, so a stale fill is refused. Fills are skipped
-//!   more than 10 s after the GET, so an expired marker can never make one look valid.
+//! * A write, after the database commit, runs one atomic step per entry: a fresh state
+//!   token (`PX 30000`), and the entry and its tombstone deleted.
+//! * A reader looks at the entry and its companions in one `MGET`. An entry is a hit; a
+//!   tombstone answers "not found" without the database; otherwise the reader reads the
+//!   database and fills with the guarded step "store only while the state still holds the
+//!   token I saw". A write acknowledged after the look replaced that token, so a stale
+//!   fill is refused, whoever deleted the entry meanwhile (a writer, an operator's `DEL`,
+//!   an eviction). Fills are skipped more than 10 s after the look, so a state that
+//!   expired (30 s) can never make one look valid.
 //! * TTL jitter only shortens, and is a function of (id, cached_at), so the expiry of any
 //!   entry can be recomputed from its `cached_at` (refresh-ahead needs no PTTL call).
-//! * A write whose invalidation could not be applied stays in the outbox (a row written in
-//!   the write's own transaction) and makes this instance "dirty": it reads only the
-//!   database until a drain pass has applied every pending invalidation.
+//! * A write whose invalidation could not be applied makes this instance "dirty": it reads
+//!   only the database until the outbox drain has applied every pending invalidation.
 
 mod entry;
-mod flight;
-mod keys;
+pub mod keys;
 mod memory;
-pub mod prewarm;
 mod redis_store;
 mod store;
-mod tasks;
 mod totals;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures::FutureExt;
 
 use crate::config::{Config, PrewarmConfig};
-use crate::db::{DbError, InvalidationScope, Repo};
-use crate::domain::{DocumentKind, JsonObject, Profile, UserId};
+use crate::db::InvalidationScope;
+use crate::domain::UserId;
 use crate::redis::{RedisClient, StoreError};
-use crate::service::{BatchOutcome, Lookup, count_query, dedupe};
-use flight::Flights;
 
-pub use entry::entry_ttl;
-pub use keys::{document_key, keys_for, profile_key};
+pub use entry::{Cached, entry_ttl, now_millis};
+pub use keys::{EntryKeys, Kind, document_key, keys_for, kinds_for, profile_key};
 pub use memory::MemoryStore;
 pub use redis_store::RedisStore;
-pub use store::{CacheStore, Fill, HITS_KEY, MISSES_KEY};
-pub use tasks::spawn_background;
+pub use store::{CacheStore, Fill, FillContent, HITS_KEY, MISSES_KEY, Observed};
 pub use totals::CacheMetrics;
 
-use entry::{Cached, now_millis};
-use keys::Kind;
-
-/// How long an invalidation marker lives.
-pub const MARKER_TTL: Duration = Duration::from_secs(30);
-/// A fill later than this after the reader's GET is skipped (well inside `MARKER_TTL`).
+/// How long a write's state token lives.
+pub const STATE_TTL: Duration = Duration::from_secs(30);
+/// A fill later than this after the reader's look is skipped (well inside `STATE_TTL`).
 pub const MAX_FILL_DELAY: Duration = Duration::from_secs(10);
 /// How long the cross-instance refresh-ahead lock is held.
 pub const REFRESH_LOCK_TTL: Duration = Duration::from_secs(10);
-/// The value of a tombstone: the profile is known not to exist.
-pub const TOMBSTONE: &str = "nf";
-/// Prefix of invalidation markers.
-pub const MARKER_PREFIX: &str = "inv:";
 
-/// Outbox rows applied per drain round, and rounds per pass.
-const DRAIN_BATCH: u32 = 200;
-const DRAIN_ROUNDS: usize = 20;
-
-/// The raw value a GET of the read's cache key (`profile_key` or `document_key`) returned,
-/// fetched in the same round trip as the rate limiter's script (one Redis round trip).
-#[derive(Clone, Debug)]
-pub struct Prefetched(pub Option<String>);
+/// Eviction policies under which Redis never drops a key by itself (only TTLs end them).
+const SAFE_EVICTION: &[&str] = &["noeviction"];
 
 /// Cache tuning, from the configuration.
 #[derive(Debug, Clone)]
@@ -109,9 +91,8 @@ impl CacheSettings {
     }
 }
 
-pub(super) struct Inner {
+struct CacheInner {
     store: Arc<dyn CacheStore>,
-    repo: Repo,
     settings: CacheSettings,
     /// Hits and misses counted here since the last flush.
     hits: AtomicU64,
@@ -120,32 +101,37 @@ pub(super) struct Inner {
     /// drain passes that started after the failure and emptied the outbox.
     dirty_gen: AtomicU64,
     clean_gen: AtomicU64,
-    profile_flights: Flights<Option<Profile>>,
-    document_flights: Flights<Option<JsonObject>>,
 }
 
 /// The profile cache: cheap to clone, shared by the service, the admin routes and the
 /// background tasks.
 #[derive(Clone)]
 pub struct Cache {
-    inner: Arc<Inner>,
+    inner: Arc<CacheInner>,
+}
+
+/// What `maxmemory-policy` means for the cache's companion keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EvictionCheck {
+    /// No Redis, or Redis would not say (`CONFIG` disabled, or down).
+    Unknown,
+    /// Redis never evicts keys by itself.
+    Safe(String),
+    /// Redis may evict companion keys (write states), which reopens the stale-fill window.
+    Unsafe(String),
 }
 
 impl Cache {
-    /// A cache over `store` and `repo`. It starts dirty: nothing is read from the store
-    /// until a first drain pass has applied invalidations left by crashed instances.
-    pub fn new(store: Arc<dyn CacheStore>, repo: Repo, settings: CacheSettings) -> Self {
+    /// A cache over `store`.
+    pub fn new(store: Arc<dyn CacheStore>, settings: CacheSettings) -> Self {
         Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new(CacheInner {
                 store,
-                repo,
                 settings,
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
-                dirty_gen: AtomicU64::new(1),
+                dirty_gen: AtomicU64::new(0),
                 clean_gen: AtomicU64::new(0),
-                profile_flights: Flights::new(),
-                document_flights: Flights::new(),
             }),
         }
     }
@@ -158,7 +144,7 @@ impl Cache {
         }
     }
 
-    /// The store (health and kind).
+    /// The store (health, kind, diagnostics).
     pub fn store(&self) -> &Arc<dyn CacheStore> {
         &self.inner.store
     }
@@ -183,6 +169,17 @@ impl Cache {
         self.inner.dirty_gen.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// The dirty generation a drain pass starts from; pass it to [`Self::mark_clean`] once
+    /// the pass has emptied the outbox.
+    pub fn drain_generation(&self) -> u64 {
+        self.inner.dirty_gen.load(Ordering::SeqCst)
+    }
+
+    /// Every failure up to `generation` has been made good by a drain pass.
+    pub fn mark_clean(&self, generation: u64) {
+        self.inner.clean_gen.fetch_max(generation, Ordering::SeqCst);
+    }
+
     /// `("redis" | "redis-cluster" | "embedded", usable)`; not usable while the breaker
     /// is open or invalidations are pending.
     pub fn health(&self) -> (&'static str, bool) {
@@ -190,326 +187,129 @@ impl Cache {
         (store.kind(), store.is_healthy() && !self.is_dirty())
     }
 
-    fn count(&self, hit: bool, n: u64) {
-        if n == 0 {
-            return;
-        }
-        if hit {
+    /// Counts `n` reads answered from the cache.
+    pub fn count_hits(&self, n: u64) {
+        if n > 0 {
             self.inner.hits.fetch_add(n, Ordering::Relaxed);
             metrics::counter!("cache_hits_total").increment(n);
-        } else {
+        }
+    }
+
+    /// Counts `n` reads not answered from a cached entry.
+    pub fn count_misses(&self, n: u64) {
+        if n > 0 {
             self.inner.misses.fetch_add(n, Ordering::Relaxed);
             metrics::counter!("cache_misses_total").increment(n);
         }
     }
 
-    /// One profile, cache-aside. `prefetched` is the raw GET the hot path already made.
-    pub async fn profile(
-        &self,
-        id: UserId,
-        prefetched: Option<Prefetched>,
-    ) -> Result<Option<Lookup<Profile>>, DbError> {
-        self.read::<Profile>(Kind::Profile, id, prefetched).await
-    }
-
-    /// One settings or preferences document, cache-aside; `None` when there is no profile.
-    pub async fn document(
-        &self,
-        kind: DocumentKind,
-        id: UserId,
-        prefetched: Option<Prefetched>,
-    ) -> Result<Option<Lookup<JsonObject>>, DbError> {
-        self.read::<JsonObject>(Kind::Document(kind), id, prefetched)
-            .await
-    }
-
-    async fn read<V: Cached>(
-        &self,
-        kind: Kind,
-        id: UserId,
-        prefetched: Option<Prefetched>,
-    ) -> Result<Option<Lookup<V>>, DbError> {
-        let from_db = |v: Option<V>| {
-            v.map(|value| Lookup {
-                value,
-                cached_at: None,
-            })
-        };
+    /// The command that observes an entry, for sending along with other work in one
+    /// round trip; `None` on the in-process store or while this instance may not read.
+    pub fn observe_command(&self, kind: Kind, id: UserId) -> Option<::redis::Cmd> {
         if !self.may_read() {
-            self.count(false, 1);
-            return Ok(from_db(V::load(self.inner.repo.clone(), kind, id).await?));
+            return None;
         }
-        let key = kind.key(id);
-        let raw = match prefetched {
-            Some(Prefetched(raw)) => raw,
-            None => match self.inner.store.get(&key).await {
-                Ok(raw) => raw,
-                Err(e) => {
-                    tracing::debug!(error = %e, "cache read failed; reading the database");
-                    self.count(false, 1);
-                    return Ok(from_db(V::load(self.inner.repo.clone(), kind, id).await?));
-                }
-            },
-        };
-        let seen_at = Instant::now();
-        match raw.as_deref() {
-            Some(TOMBSTONE) => {
-                self.count(false, 1);
-                metrics::counter!("cache_tombstone_hits_total").increment(1);
-                return Ok(None);
-            }
-            Some(s) if !s.starts_with(MARKER_PREFIX) => {
-                if let Some((value, cached_at)) = V::decode(s) {
-                    self.count(true, 1);
-                    self.maybe_refresh::<V>(kind, id, s, cached_at);
-                    return Ok(Some(Lookup {
-                        value,
-                        cached_at: Some(cached_at),
-                    }));
-                }
-                // Unreadable (an older format): a miss; the guarded fill replaces it.
-            }
-            _ => {}
-        }
-        self.count(false, 1);
-        let flight_key = format!("{key}\n{}", raw.as_deref().unwrap_or(""));
-        let this = self.clone();
-        let shared = V::flights(&self.inner)
-            .run(flight_key, move || {
-                async move {
-                    match V::load(this.inner.repo.clone(), kind, id).await {
-                        Ok(found) => {
-                            this.fill_after_read(kind, id, raw, seen_at, found.as_ref())
-                                .await;
-                            Some(found)
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "database read for a cache miss failed");
-                            None
-                        }
-                    }
-                }
-                .boxed()
-            })
-            .await;
-        match shared {
-            Some(found) => Ok(from_db(found)),
-            // The shared read failed: read on our own, to return our own error.
-            None => Ok(from_db(V::load(self.inner.repo.clone(), kind, id).await?)),
-        }
+        self.inner.store.observe_command(&kind.keys(id))
     }
 
-    /// The fill (or tombstone) after a miss, guarded by the value the reader saw.
-    async fn fill_after_read<V: Cached>(
+    /// Looks at an entry and its companions.
+    pub async fn observe(&self, kind: Kind, id: UserId) -> Result<Observed, StoreError> {
+        self.inner.store.observe(&kind.keys(id)).await
+    }
+
+    /// Looks at the profile entries of `ids` (one MGET per slot).
+    pub async fn observe_profiles(&self, ids: &[UserId]) -> Result<Vec<Observed>, StoreError> {
+        let keys: Vec<EntryKeys> = ids.iter().map(|id| Kind::Profile.keys(*id)).collect();
+        self.inner.store.observe_many(&keys).await
+    }
+
+    /// The fill after a database read that followed a look which saw `seen_state`:
+    /// the entry, a tombstone (when tombstones are on), or nothing.
+    pub fn fill_for<V: Cached>(
         &self,
         kind: Kind,
         id: UserId,
-        seen: Option<String>,
-        seen_at: Instant,
-        found: Option<&V>,
-    ) {
-        if seen_at.elapsed() > MAX_FILL_DELAY || !self.may_read() {
-            return;
-        }
-        let Some(fill) = self.fill_for(kind, id, seen, found) else {
-            return;
-        };
-        if let Err(e) = self.inner.store.fill(&fill).await {
-            tracing::debug!(error = %e, "cache fill failed");
-        }
-    }
-
-    fn fill_for<V: Cached>(
-        &self,
-        kind: Kind,
-        id: UserId,
-        expected: Option<String>,
+        seen_state: Option<String>,
         found: Option<&V>,
     ) -> Option<Fill> {
         let s = &self.inner.settings;
-        let (value, ttl) = match found {
+        let (content, ttl) = match found {
             Some(v) => {
                 let now = now_millis();
-                (v.encode(now)?, entry_ttl(s.ttl, s.jitter_percent, id, now))
+                (
+                    FillContent::Entry(v.encode(now)?),
+                    entry_ttl(s.ttl, s.jitter_percent, id, now),
+                )
             }
-            None if !s.negative_ttl.is_zero() => (TOMBSTONE.to_owned(), s.negative_ttl),
+            None if !s.negative_ttl.is_zero() => (FillContent::Missing, s.negative_ttl),
             None => return None,
         };
         Some(Fill {
-            key: kind.key(id),
-            expected,
-            value,
+            keys: kind.keys(id),
+            seen_state,
+            content,
             ttl,
         })
     }
 
-    /// Starts a background refresh when the hit's remaining TTL is under the threshold; at
-    /// most one per key across instances (`SET cache:refresh:<kind>:<id> NX`).
-    fn maybe_refresh<V: Cached>(
-        &self,
-        kind: Kind,
-        id: UserId,
-        raw: &str,
-        cached_at: DateTime<Utc>,
-    ) {
+    /// One guarded fill; true when stored.
+    pub async fn fill(&self, fill: &Fill) -> Result<bool, StoreError> {
+        self.inner.store.fill(fill).await
+    }
+
+    /// Many guarded fills (one pipeline per slot); which were stored.
+    pub async fn fill_many(&self, fills: &[Fill]) -> Result<Vec<bool>, StoreError> {
+        self.inner.store.fill_many(fills).await
+    }
+
+    /// True when an entry of `id` cached at `cached_at` is close enough to its expiry to
+    /// be refreshed ahead.
+    pub fn needs_refresh(&self, id: UserId, cached_at: DateTime<Utc>) -> bool {
         let s = &self.inner.settings;
         if s.refresh_ahead.is_zero() {
-            return;
+            return false;
         }
         let ttl = entry_ttl(s.ttl, s.jitter_percent, id, cached_at);
         let expires_at = cached_at + chrono::Duration::from_std(ttl).unwrap_or_default();
         let remaining = (expires_at - Utc::now()).to_std().unwrap_or_default();
-        if remaining >= s.refresh_ahead {
-            return;
-        }
-        let this = self.clone();
-        let raw = raw.to_owned();
-        tokio::spawn(async move {
-            let lock = format!("cache:refresh:{}:{id}", kind.name());
-            match this.inner.store.set_nx(&lock, "1", REFRESH_LOCK_TTL).await {
-                Ok(true) => {}
-                _ => return,
-            }
-            metrics::counter!("cache_refreshes_total").increment(1);
-            let seen_at = Instant::now();
-            match V::load(this.inner.repo.clone(), kind, id).await {
-                // Expected = the hit we saw: a write's marker since then wins.
-                Ok(found) => {
-                    this.fill_after_read(kind, id, Some(raw), seen_at, found.as_ref())
-                        .await
-                }
-                Err(e) => tracing::debug!(error = %e, "refresh-ahead read failed"),
-            }
-        });
+        remaining < s.refresh_ahead
     }
 
-    /// Many profiles: one MGET (per slot on a cluster), one database query for the misses,
-    /// one pipelined write-back of guarded fills. Tombstoned ids are not found without the
-    /// database; they count as misses, like every id not found.
-    pub async fn batch(&self, ids: &[UserId]) -> Result<BatchOutcome, DbError> {
-        let unique = dedupe(ids);
-        let mut served: HashMap<UserId, Profile> = HashMap::new();
-        let mut known_missing: HashSet<UserId> = HashSet::new();
-        let mut to_load: Vec<(UserId, Option<String>)> = Vec::new();
-        let mut seen_at = None;
-        let raws = if self.may_read() && !unique.is_empty() {
-            let keys: Vec<String> = unique.iter().map(|id| profile_key(*id)).collect();
-            match self.inner.store.mget(&keys).await {
-                Ok(raws) => {
-                    seen_at = Some(Instant::now());
-                    Some(raws)
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "cache batch read failed; reading the database");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        match raws {
-            Some(raws) => {
-                for (id, raw) in unique.iter().zip(raws) {
-                    match raw.as_deref() {
-                        Some(TOMBSTONE) => {
-                            known_missing.insert(*id);
-                        }
-                        Some(s) if !s.starts_with(MARKER_PREFIX) => match Profile::decode(s) {
-                            Some((p, cached_at)) => {
-                                self.maybe_refresh::<Profile>(Kind::Profile, *id, s, cached_at);
-                                served.insert(*id, p);
-                            }
-                            None => to_load.push((*id, raw)),
-                        },
-                        _ => to_load.push((*id, raw)),
-                    }
-                }
-            }
-            None => to_load = unique.iter().map(|id| (*id, None)).collect(),
-        }
-        let mut found: HashMap<UserId, Profile> = if to_load.is_empty() {
-            HashMap::new()
-        } else {
-            count_query("fetch_many");
-            let load: Vec<UserId> = to_load.iter().map(|(id, _)| *id).collect();
-            self.inner
-                .repo
-                .fetch_many(&load)
-                .await?
-                .into_iter()
-                .map(|p| (p.user_id, p))
-                .collect()
-        };
-        // One pipelined write-back, only from a fresh look at the cache.
-        if seen_at.is_some_and(|t| t.elapsed() <= MAX_FILL_DELAY) && self.may_read() {
-            let fills: Vec<Fill> = to_load
-                .into_iter()
-                .filter_map(|(id, seen)| self.fill_for(Kind::Profile, id, seen, found.get(&id)))
-                .collect();
-            if let Err(e) = self.inner.store.fill_many(&fills).await {
-                tracing::debug!(error = %e, "cache batch write-back failed");
-            }
-        }
-        let mut out = BatchOutcome {
-            cache_hits: served.len(),
-            cache_misses: unique.len() - served.len(),
-            ..Default::default()
-        };
-        for id in &unique {
-            match served.remove(id).or_else(|| found.remove(id)) {
-                Some(p) => out.profiles.push(p),
-                None => out.not_found.push(*id),
-            }
-        }
-        self.count(true, out.cache_hits as u64);
-        self.count(false, out.cache_misses as u64);
-        Ok(out)
+    /// Takes the cross-instance refresh lock of an entry; true when this caller holds it.
+    pub async fn take_refresh_lock(&self, kind: Kind, id: UserId) -> bool {
+        let lock = kind.keys(id).refresh_lock();
+        matches!(
+            self.inner.store.set_nx(&lock, "1", REFRESH_LOCK_TTL).await,
+            Ok(true)
+        )
     }
 
-    /// Replaces the keys of `scope` with fresh invalidation markers.
+    /// Invalidates the entries of `scope` for `id`: fresh states, entries deleted.
     pub async fn invalidate(&self, id: UserId, scope: InvalidationScope) -> Result<(), StoreError> {
-        self.invalidate_keys(keys_for(scope, id)).await
+        let keys: Vec<EntryKeys> = kinds_for(scope).into_iter().map(|k| k.keys(id)).collect();
+        self.inner.store.invalidate(&keys, STATE_TTL).await
     }
 
-    async fn invalidate_keys(&self, keys: Vec<String>) -> Result<(), StoreError> {
-        let entries: Vec<(String, String)> = keys
-            .into_iter()
-            .map(|k| {
-                (
-                    k,
-                    format!("{MARKER_PREFIX}{}", uuid::Uuid::new_v4().simple()),
-                )
+    /// Invalidates every entry of each of `users` (one pipeline per slot).
+    pub async fn invalidate_users(&self, users: &[UserId]) -> Result<(), StoreError> {
+        let keys: Vec<EntryKeys> = users
+            .iter()
+            .flat_map(|id| {
+                kinds_for(InvalidationScope::All)
+                    .into_iter()
+                    .map(move |k| k.keys(*id))
             })
             .collect();
-        self.inner.store.set_many(&entries, MARKER_TTL).await
+        self.inner.store.invalidate(&keys, STATE_TTL).await
     }
 
-    /// Applies pending outbox invalidations (widened to all three keys of each user) and
-    /// removes their rows. A pass that empties the outbox clears the dirty state recorded
-    /// before it started. Returns how many rows were applied.
-    pub async fn drain_outbox(&self) -> Result<usize, DrainError> {
-        let generation = self.inner.dirty_gen.load(Ordering::SeqCst);
-        let mut applied = 0;
-        for _ in 0..DRAIN_ROUNDS {
-            let rows = self.inner.repo.pending_invalidations(DRAIN_BATCH).await?;
-            if !rows.is_empty() {
-                let users: Vec<UserId> =
-                    dedupe(&rows.iter().map(|r| r.user_id).collect::<Vec<_>>());
-                let keys = users
-                    .iter()
-                    .flat_map(|id| keys_for(InvalidationScope::All, *id))
-                    .collect();
-                self.invalidate_keys(keys).await?;
-                let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-                self.inner.repo.clear_invalidations(&ids).await?;
-                applied += rows.len();
-            }
-            if rows.len() < DRAIN_BATCH as usize {
-                self.inner.clean_gen.fetch_max(generation, Ordering::SeqCst);
-                return Ok(applied);
-            }
+    /// Reads `maxmemory-policy` and says whether it can evict companion keys.
+    pub async fn check_eviction_policy(&self) -> EvictionCheck {
+        match self.inner.store.eviction_policy().await {
+            None => EvictionCheck::Unknown,
+            Some(p) if SAFE_EVICTION.contains(&p.as_str()) => EvictionCheck::Safe(p),
+            Some(p) => EvictionCheck::Unsafe(p),
         }
-        Ok(applied)
     }
 
     /// Sends this instance's unflushed hit/miss counts to the store; kept for the next
@@ -543,20 +343,4 @@ impl Cache {
         self.inner.misses.store(0, Ordering::Relaxed);
         self.inner.store.reset_counters().await
     }
-
-    /// The repository (prewarm).
-    fn repo(&self) -> &Repo {
-        &self.inner.repo
-    }
-}
-
-/// Why a drain pass stopped early.
-#[derive(Debug, thiserror::Error)]
-pub enum DrainError {
-    /// The outbox could not be read or cleared.
-    #[error(transparent)]
-    Db(#[from] DbError),
-    /// The invalidations could not be applied.
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }

@@ -1,10 +1,13 @@
-//! The few storage operations the cache protocol needs, so that one protocol runs over
-//! Redis, Redis Cluster and the in-process store alike.
+//! The storage operations of the cache protocol, so that one protocol runs over Redis,
+//! Redis Cluster and the in-process store alike. Every operation on one entry touches the
+//! entry and its companions only (one hash slot), and every write to them is one atomic
+//! step (a Lua script on Redis, one lock on the in-process store).
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::keys::EntryKeys;
 use crate::redis::StoreError;
 
 /// Redis key of the shared hit counter.
@@ -12,16 +15,54 @@ pub const HITS_KEY: &str = "metrics:cache:hits";
 /// Redis key of the shared miss counter.
 pub const MISSES_KEY: &str = "metrics:cache:misses";
 
-/// One guarded fill: store `value` under `key` for `ttl` only while the key still holds
-/// exactly `expected` (`None`: the key is absent).
+/// What one look at an entry and its companions found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// The entry's raw JSON, when present.
+    pub entry: Option<String>,
+    /// The last write's token, when one is still remembered.
+    pub state: Option<String>,
+    /// True when a tombstone says there is no such profile.
+    pub missing: bool,
+}
+
+impl Observed {
+    /// From the values of `MGET entry state missing`.
+    pub fn from_values(mut values: Vec<Option<String>>) -> Option<Self> {
+        if values.len() != 3 {
+            return None;
+        }
+        let missing = values.pop()?.is_some();
+        let state = values.pop()?;
+        let entry = values.pop()?;
+        Some(Self {
+            entry,
+            state,
+            missing,
+        })
+    }
+}
+
+/// What a fill stores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FillContent {
+    /// A whole entry (JSON with `cached_at`).
+    Entry(String),
+    /// A tombstone: the profile does not exist.
+    Missing,
+}
+
+/// One guarded fill: store `content` for `ttl` only while the entry's state still holds
+/// exactly `seen_state` (`None`: absent), i.e. no write was acknowledged since the reader
+/// looked, before its database read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fill {
-    /// The cache key.
-    pub key: String,
-    /// The raw value the reader saw before reading the database.
-    pub expected: Option<String>,
-    /// The value to store.
-    pub value: String,
+    /// The entry and its companions.
+    pub keys: EntryKeys,
+    /// The state the reader saw before reading the database.
+    pub seen_state: Option<String>,
+    /// What to store.
+    pub content: FillContent,
     /// Its time to live.
     pub ttl: Duration,
 }
@@ -41,24 +82,37 @@ pub trait CacheStore: Send + Sync + 'static {
     }
     /// A cheap round trip that keeps the health view current while the cache is idle.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// The server's `maxmemory-policy`; `None` when there is no server or it will not say.
+    async fn eviction_policy(&self) -> Option<String> {
+        None
+    }
 
-    /// `GET key`.
+    /// The command that observes `keys` (an `MGET` of the entry and its companions), for
+    /// callers that send it along with other work in one round trip; `None` when the store
+    /// is not Redis. Its reply is read with [`Observed::from_values`].
+    fn observe_command(&self, _keys: &EntryKeys) -> Option<::redis::Cmd> {
+        None
+    }
+    /// One look at an entry and its companions.
+    async fn observe(&self, keys: &EntryKeys) -> Result<Observed, StoreError>;
+    /// Looks at many entries: one `MGET` (one per slot on a cluster); answers in order.
+    async fn observe_many(&self, keys: &[EntryKeys]) -> Result<Vec<Observed>, StoreError>;
+    /// For each entry, atomically: its state becomes a fresh `token` for `ttl`, and the
+    /// entry and its tombstone are deleted. One round trip on a single node; one pipeline
+    /// per slot, concurrently, on a cluster. Fails if any one failed.
+    async fn invalidate(&self, keys: &[EntryKeys], ttl: Duration) -> Result<(), StoreError>;
+    /// The guarded fill; true when stored.
+    async fn fill(&self, fill: &Fill) -> Result<bool, StoreError>;
+    /// Many guarded fills in one pipeline (per slot on a cluster); which were stored.
+    async fn fill_many(&self, fills: &[Fill]) -> Result<Vec<bool>, StoreError>;
+    /// `SET key value NX PX ttl`: true when this call created the key.
+    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// `GET key`: for diagnostics and tests.
     async fn get(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Remaining life of `key` (`PTTL`): `None` when absent; `Duration::MAX` when it has
     /// no expiry (never the case for keys the cache writes). For diagnostics and tests.
     async fn ttl(&self, key: &str) -> Result<Option<Duration>, StoreError>;
-    /// `MGET keys` (split by slot on a cluster); one answer per key, in order.
-    async fn mget(&self, keys: &[String]) -> Result<Vec<Option<String>>, StoreError>;
-    /// `SET key value PX ttl` for each entry (one round trip on a single node; one
-    /// command per slot, concurrently, on a cluster). Fails if any one failed.
-    async fn set_many(&self, entries: &[(String, String)], ttl: Duration)
-    -> Result<(), StoreError>;
-    /// `SET key value NX PX ttl`: true when this call created the key.
-    async fn set_nx(&self, key: &str, value: &str, ttl: Duration) -> Result<bool, StoreError>;
-    /// The guarded fill; true when stored.
-    async fn fill(&self, fill: &Fill) -> Result<bool, StoreError>;
-    /// Many guarded fills in one pipeline (per slot on a cluster); how many were stored.
-    async fn fill_many(&self, fills: &[Fill]) -> Result<usize, StoreError>;
 
     /// `INCRBY` of the shared hit and miss counters (zero amounts are not sent).
     async fn add_counters(&self, hits: u64, misses: u64) -> Result<(), StoreError>;

@@ -83,6 +83,15 @@ pub enum LimitError {
     Unavailable,
 }
 
+/// Whether a count may fall back to the in-process counters while Redis is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fallback {
+    /// As `fail` says: open falls back, closed refuses.
+    PerFailMode,
+    /// Always (the request is refused anyway; the count only protects signature checks).
+    Always,
+}
+
 /// Most addresses remembered as over their limit before expired ones are swept.
 const MAX_BLOCKED: usize = 100_000;
 /// Most (address, token) pairs remembered as valid.
@@ -170,22 +179,27 @@ impl Limiter {
     ) -> Result<Decision, LimitError> {
         let (now, window) = self.now();
         let key = window.user_key(user, endpoint);
-        let (count, _) = self.count(&key, &window, now, None, false).await?;
+        let (count, _) = self
+            .count(&key, &window, now, None, Fallback::PerFailMode)
+            .await?;
         Ok(self.decide(policy, count))
     }
 
-    /// Like [`Self::check`], and reads `get_key` from Redis in the same round trip. The
-    /// value is `Some` only when it was read (Redis answered both).
-    pub async fn check_and_get(
+    /// Like [`Self::check`], and sends `extra` (any read-only command) in the same round
+    /// trip when the counter lives in Redis. Its reply is `Some` only when Redis answered
+    /// both; the limiter does not look at it.
+    pub async fn check_with(
         &self,
         user: UserId,
         policy: Policy,
         endpoint: &str,
-        get_key: &str,
-    ) -> Result<(Decision, Option<Option<String>>), LimitError> {
+        extra: Option<::redis::Cmd>,
+    ) -> Result<(Decision, Option<::redis::Value>), LimitError> {
         let (now, window) = self.now();
         let key = window.user_key(user, endpoint);
-        let (count, value) = self.count(&key, &window, now, Some(get_key), false).await?;
+        let (count, value) = self
+            .count(&key, &window, now, extra.as_ref(), Fallback::PerFailMode)
+            .await?;
         Ok((self.decide(policy, count), value))
     }
 
@@ -227,9 +241,9 @@ impl Limiter {
     pub async fn count_failed_auth(&self, address: IpAddr) -> Decision {
         let (now, window) = self.now();
         let key = window.address_key(address);
-        let count = match self.count(&key, &window, now, None, true).await {
+        let count = match self.count(&key, &window, now, None, Fallback::Always).await {
             Ok((c, _)) => c,
-            // Unreachable with `always_fall_back`; decide locally all the same.
+            // Unreachable with `Fallback::Always`; decide locally all the same.
             Err(LimitError::Unavailable) => self.inner.local.hit(&key, &window, now),
         };
         let decision = self.decide(Policy::PerAddress, count);
@@ -289,27 +303,27 @@ impl Limiter {
     }
 
     /// One count in the configured store, falling back to the in-process one when Redis
-    /// is unreachable (fail open, or `always_fall_back`).
+    /// is unreachable and `fallback` allows it.
     async fn count(
         &self,
         key: &str,
         window: &Window,
         now: u64,
-        get_key: Option<&str>,
-        always_fall_back: bool,
-    ) -> Result<(Count, Option<Option<String>>), LimitError> {
+        extra: Option<&::redis::Cmd>,
+        fallback: Fallback,
+    ) -> Result<(Count, Option<::redis::Value>), LimitError> {
         let Some(redis) = &self.inner.redis else {
             return Ok((self.inner.local.hit(key, window, now), None));
         };
-        let outcome = match get_key {
-            Some(g) => redis.hit_and_get(key, window, g).await,
+        let outcome = match extra {
+            Some(cmd) => redis.hit_with(key, window, cmd).await,
             None => redis.hit(key, window).await.map(|c| (c, None)),
         };
         match outcome {
             Ok(v) => Ok(v),
             Err(e) => {
                 self.note_store_error(&e);
-                if self.inner.config.fail == FailMode::Closed && !always_fall_back {
+                if self.inner.config.fail == FailMode::Closed && fallback == Fallback::PerFailMode {
                     return Err(LimitError::Unavailable);
                 }
                 metrics::counter!("ratelimit_fallback_total").increment(1);

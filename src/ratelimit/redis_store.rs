@@ -6,9 +6,9 @@
 //! "between". It answers the count and the key's remaining milliseconds, from which every
 //! header is computed.
 //!
-//! The hot path (`GET` of one profile) sends the script and the cache `GET` together: in
-//! one pipeline on a single node (one round trip), concurrently on a cluster, where the
-//! two keys live in different slots and cannot share a pipeline.
+//! A caller may hand in one more command to send with the count (the read path sends its
+//! cache look this way): in one pipeline on a single node (one round trip), concurrently
+//! on a cluster, where the keys live in different slots and cannot share a pipeline.
 
 use std::sync::LazyLock;
 
@@ -62,30 +62,29 @@ impl RedisStore {
         Ok(to_count(reply, window))
     }
 
-    /// Counts one request against `key` and reads `get_key` in the same round trip. The
-    /// value is `None` when the read alone failed (the caller then reads it itself).
-    pub async fn hit_and_get(
+    /// Counts one request against `key` and runs `extra` in the same round trip. The
+    /// reply is `None` when `extra` alone failed.
+    pub async fn hit_with(
         &self,
         key: &str,
         window: &Window,
-        get_key: &str,
-    ) -> Result<(Count, Option<Option<String>>), StoreError> {
+        extra: &redis::Cmd,
+    ) -> Result<(Count, Option<redis::Value>), StoreError> {
         let keys = [key.to_owned()];
         let args = [window.expire_at_ms().to_string()];
         if self.client.is_cluster() {
-            let mut get = redis::cmd("GET");
-            get.arg(get_key);
+            // The counter and `extra`'s keys live in different slots: concurrently.
             let (counted, value) = tokio::join!(
                 self.client.run_script::<(i64, i64)>(&SCRIPT, &keys, &args),
-                self.client.query::<Option<String>>(&get),
+                self.client.query::<redis::Value>(extra),
             );
-            // A failed GET only costs the prefetch; a failed count is the store failing.
+            // A failed `extra` only costs its reply; a failed count is the store failing.
             return Ok((to_count(counted?, window), value.ok()));
         }
         let mut pipe = redis::pipe();
         self.client.add_script(&mut pipe, &SCRIPT, &keys, &args);
-        pipe.cmd("GET").arg(get_key);
-        let (counted, value): ((i64, i64), Option<String>) =
+        pipe.add_command(extra.clone());
+        let (counted, value): ((i64, i64), redis::Value) =
             self.client.query_pipeline(&pipe).await?;
         Ok((to_count(counted, window), Some(value)))
     }

@@ -225,6 +225,16 @@ impl RedisClient {
             .await
     }
 
+    /// The server's `maxmemory-policy` (`CONFIG GET`); `None` when it cannot be read
+    /// (Redis down, or `CONFIG` disabled as on some managed services).
+    pub async fn eviction_policy(&self) -> Option<String> {
+        let reply: HashMap<String, String> = self
+            .query(::redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy"))
+            .await
+            .ok()?;
+        reply.get("maxmemory-policy").cloned()
+    }
+
     /// One pipeline (one round trip on a single node) under the timeout and breaker. When the
     /// server answers `NOSCRIPT` for a registered script (see [`Self::add_script`]), the
     /// scripts are loaded and the pipeline replayed once, within the same timeout.

@@ -1,9 +1,16 @@
 //! Use cases: what each route does, over the repository and the cache.
 //! Handlers call exactly one function here; nothing here knows about HTTP.
 
+mod flight;
 mod login;
+mod outbox;
 mod profiles;
+mod reads;
+mod tasks;
 
 pub use login::LoginRecorder;
+pub use outbox::DrainError;
 pub use profiles::{BatchOutcome, Lookup, ProfileService};
 pub(crate) use profiles::{count_query, dedupe};
+pub use reads::Prefetched;
+pub use tasks::{spawn_background, warn_about_eviction};

@@ -1,8 +1,10 @@
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::cache::{Cache, Prefetched};
+use super::reads::ReadFlights;
+use crate::cache::Cache;
 use crate::db::{DbError, InvalidationScope, Repo, Written};
 use crate::domain::{
     Document, DocumentKind, JsonObject, NewProfile, Profile, ProfilePatch, UserId,
@@ -30,17 +32,23 @@ pub struct BatchOutcome {
     pub not_found: Vec<UserId>,
 }
 
-/// Profile reads and writes, cache-aside over the repository.
+/// Every profile use case (reads, batch, documents, writes, prewarm, the outbox),
+/// cache-aside over the repository.
 #[derive(Clone)]
 pub struct ProfileService {
-    repo: Repo,
-    cache: Cache,
+    pub(super) repo: Repo,
+    pub(super) cache: Cache,
+    pub(super) flights: Arc<ReadFlights>,
 }
 
 impl ProfileService {
     /// Builds the service over a repository and its cache.
     pub fn new(repo: Repo, cache: Cache) -> Self {
-        Self { repo, cache }
+        Self {
+            repo,
+            cache,
+            flights: Arc::new(ReadFlights::new()),
+        }
     }
 
     /// The cache (admin routes, health).
@@ -51,21 +59,6 @@ impl ProfileService {
     /// The repository, for health checks.
     pub fn repo(&self) -> &Repo {
         &self.repo
-    }
-
-    /// One profile, cache-aside. `prefetched`: the raw cache GET the hot path already made
-    /// (ignored while this instance may not read the cache).
-    pub async fn get(
-        &self,
-        id: UserId,
-        prefetched: Option<Prefetched>,
-    ) -> Result<Option<Lookup<Profile>>, DbError> {
-        self.cache.profile(id, prefetched).await
-    }
-
-    /// Many profiles; `ids` as sent (duplicates allowed).
-    pub async fn batch(&self, ids: &[UserId]) -> Result<BatchOutcome, DbError> {
-        self.cache.batch(ids).await
     }
 
     /// Creates a profile.
@@ -117,16 +110,6 @@ impl ProfileService {
             }
             None => Ok(false),
         }
-    }
-
-    /// A settings or preferences document, cache-aside; `None` when there is no profile.
-    pub async fn document(
-        &self,
-        kind: DocumentKind,
-        id: UserId,
-        prefetched: Option<Prefetched>,
-    ) -> Result<Option<Lookup<JsonObject>>, DbError> {
-        self.cache.document(kind, id, prefetched).await
     }
 
     /// Replaces a document; `None` when there is no profile.

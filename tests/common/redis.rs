@@ -473,9 +473,24 @@ pub async fn raw_ttl(app: &TestApp, key: &str) -> Duration {
         .unwrap_or_else(|| panic!("{key} has no TTL"))
 }
 
-/// True for an invalidation marker.
-pub fn is_marker(v: &Option<String>) -> bool {
-    v.as_deref().is_some_and(|s| s.starts_with("inv:"))
+/// The write-state companion of an entry key (same hash slot).
+pub fn state_key(key: &str) -> String {
+    format!("{{{key}}}:state")
+}
+
+/// The tombstone companion of an entry key (same hash slot).
+pub fn missing_key(key: &str) -> String {
+    format!("{{{key}}}:missing")
+}
+
+/// True when `key` was invalidated: the entry is gone and a write state stands beside it.
+pub async fn is_invalidated(app: &TestApp, key: &str) -> bool {
+    raw(app, key).await.is_none() && raw(app, &state_key(key)).await.is_some()
+}
+
+/// True when a tombstone stands beside `key` and the entry key itself is absent.
+pub async fn is_tombstoned(app: &TestApp, key: &str) -> bool {
+    raw(app, key).await.is_none() && raw(app, &missing_key(key)).await.is_some()
 }
 
 /// A counter of the Prometheus exposition, e.g. `db_queries_total{op="fetch"}`.
@@ -507,7 +522,7 @@ where
     }
 }
 
-/// Every cache-related command (`cache:*` / `metrics:cache:*` keys) clients sent since
+/// Every cache-related command (`cache:*`, `{cache:*}:*` and `metrics:cache:*` keys) clients sent since
 /// `slowlog_reset` (not those scripts ran inside), oldest first, as argument lists.
 pub async fn cache_commands(server: &RedisServer) -> Vec<Vec<String>> {
     let mut c = server.conn().await;
@@ -541,8 +556,11 @@ pub async fn cache_commands(server: &RedisServer) -> Vec<Vec<String>> {
             )
         })
         .filter(|args| {
-            args.iter()
-                .any(|a| a.starts_with("cache:") || a.starts_with("metrics:cache:"))
+            args.iter().any(|a| {
+                a.starts_with("cache:")
+                    || a.starts_with("{cache:")
+                    || a.starts_with("metrics:cache:")
+            })
         })
         .collect();
     out.reverse();

@@ -1,6 +1,6 @@
-//! Background work of the cache: the hit/miss flusher, the outbox drainer (which also
-//! pings the store so `/ready` and the breaker follow Redis while idle) and the start-up
-//! prewarm. All stop when the shutdown token is cancelled.
+//! Background work: the hit/miss flusher, the outbox drainer (which also pings the store
+//! so `/ready` and the breaker follow Redis while idle), the eviction-policy check and the
+//! start-up prewarm. All stop when the shutdown token is cancelled.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -9,18 +9,20 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::Cache;
+use super::ProfileService;
+use crate::cache::EvictionCheck;
 
 /// Longest wait of the start-up prewarm for a usable cache store.
 const PREWARM_WAIT: Duration = Duration::from_secs(10);
 
 /// Starts the background tasks; `prewarm` runs the start-up prewarm once.
 pub fn spawn_background(
-    cache: &Cache,
+    service: &ProfileService,
     shutdown: &CancellationToken,
     prewarm: bool,
 ) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
+    let cache = service.cache();
 
     let (c, stop) = (cache.clone(), shutdown.clone());
     tasks.push(tokio::spawn(async move {
@@ -34,11 +36,12 @@ pub fn spawn_background(
         let _ = c.flush_metrics().await;
     }));
 
-    let (c, stop) = (cache.clone(), shutdown.clone());
+    let (svc, stop) = (service.clone(), shutdown.clone());
     tasks.push(tokio::spawn(async move {
+        let c = svc.cache().clone();
         let failing = std::sync::atomic::AtomicBool::new(false);
         every(c.settings().outbox_poll, &stop, || async {
-            match c.drain_outbox().await {
+            match svc.drain_outbox().await {
                 Ok(n) => {
                     if n > 0 {
                         tracing::info!(applied = n, "applied pending cache invalidations");
@@ -59,9 +62,23 @@ pub fn spawn_background(
         .await;
     }));
 
+    let (c, stop) = (cache.clone(), shutdown.clone());
+    tasks.push(tokio::spawn(async move {
+        // The connection is made lazily; give it a moment before asking.
+        let deadline = tokio::time::Instant::now() + PREWARM_WAIT;
+        while !c.store().is_connected() && tokio::time::Instant::now() < deadline {
+            if stop.is_cancelled() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        warn_about_eviction(&c.check_eviction_policy().await);
+    }));
+
     if prewarm {
-        let (c, stop) = (cache.clone(), shutdown.clone());
+        let (svc, stop) = (service.clone(), shutdown.clone());
         tasks.push(tokio::spawn(async move {
+            let c = svc.cache().clone();
             // Give the lazy connection and the first drain pass a moment, so the
             // prewarm does not fail on a connection still being made.
             let deadline = tokio::time::Instant::now() + PREWARM_WAIT;
@@ -73,7 +90,7 @@ pub fn spawn_background(
             }
             tokio::select! {
                 _ = stop.cancelled() => {}
-                r = c.prewarm() => if let Err(e) = r {
+                r = svc.prewarm() => if let Err(e) = r {
                     tracing::warn!(error = %e, "cache prewarm failed");
                 },
             }
@@ -95,5 +112,15 @@ where
             _ = stop.cancelled() => return,
             _ = interval.tick() => tick().await,
         }
+    }
+}
+
+/// Logs loudly when Redis may evict the cache's companion keys.
+pub fn warn_about_eviction(check: &EvictionCheck) {
+    if let EvictionCheck::Unsafe(policy) = check {
+        tracing::error!(
+            maxmemory_policy = %policy,
+            "Redis may evict keys by itself: a lost write state lets a read from before a write fill the cache for up to 10 s; set maxmemory-policy noeviction"
+        );
     }
 }

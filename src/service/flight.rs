@@ -1,10 +1,11 @@
-//! In-process single flight: concurrent misses on one key share one database read.
+//! In-process single flight: concurrent misses on one entry share one database read.
 //!
-//! A flight is keyed by the cache key AND the exact raw value the reader saw there. A
-//! reader may only join a flight whose leader saw the same value, i.e. whose look at the
-//! cache (and so whose database read) came no earlier than the last invalidation marker
-//! the joiner saw. A reader that started after a write was acknowledged sees that write's
-//! marker (or something newer), so it can never join a flight that read the old row.
+//! A flight is keyed by the entry key AND the write state the reader saw beside it (the
+//! companion that every write replaces), never by what the entry key held. A reader may
+//! only join a flight whose leader saw the same state, i.e. no write was acknowledged
+//! between the two looks. A reader that started after a write was acknowledged sees that
+//! write's state (or a newer one), so it can never join a flight that read the old row,
+//! whoever deleted the entry in the meantime (a writer, an operator, an eviction).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
-/// Flights older than this are not joined (markers live 30 s; fills are skipped after 10 s).
+/// Flights older than this are not joined (states live 30 s; fills are skipped after 10 s).
 const MAX_JOIN_AGE: Duration = Duration::from_secs(5);
 /// A finished flight still answers readers that saw the same value for this long: a reader
 /// whose GET came before the leader's fill but who asks after the read finished would
