@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::cache::EvictionCheck;
 use crate::state::AppState;
 
 /// Routes of this resource.
@@ -40,6 +41,10 @@ pub struct Readiness {
     pub redis: &'static str,
     /// Which cache and limiter store serves: "redis", "redis-cluster" or "embedded".
     pub store: &'static str,
+    /// Redis' `maxmemory-policy`, when it can be read.
+    pub redis_eviction_policy: Option<String>,
+    /// Conditions an operator should fix, though the service still serves.
+    pub warnings: Vec<String>,
 }
 
 /// Liveness: the process answers.
@@ -63,11 +68,24 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
         Ok(Ok(()))
     );
     let (store, redis_ok) = state.store_health();
+    let eviction = state.cache.check_eviction_policy().await;
+    let (redis_eviction_policy, warnings) = match eviction {
+        EvictionCheck::Unknown => (None, Vec::new()),
+        EvictionCheck::Safe(p) => (Some(p), Vec::new()),
+        EvictionCheck::Unsafe(p) => (
+            Some(p.clone()),
+            vec![format!(
+                "redis maxmemory-policy is {p}: Redis may evict the cache's write states; set noeviction"
+            )],
+        ),
+    };
     let body = Readiness {
         status: if db_ok && redis_ok { "ok" } else { "degraded" },
         database: if db_ok { "ok" } else { "down" },
         redis: if redis_ok { "ok" } else { "down" },
         store,
+        redis_eviction_policy,
+        warnings,
     };
     let status = if db_ok {
         StatusCode::OK
