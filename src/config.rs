@@ -40,6 +40,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub prewarm: PrewarmConfig,
     pub server: ServerConfig,
+    pub logins: LoginsConfig,
 }
 
 /// Token verification.
@@ -72,6 +73,43 @@ pub struct DatabaseConfig {
     pub min_connections: u32,
     pub acquire_timeout_ms: u64,
     pub statement_timeout_ms: u64,
+    /// Most connections background work (login records, the outbox, refresh-ahead,
+    /// prewarm) holds at once, so reads always keep the rest; 0: a quarter of
+    /// `max_connections`, at least 1.
+    pub background_connections: u32,
+}
+
+impl DatabaseConfig {
+    /// The connections background work may hold at once.
+    pub fn background_share(&self) -> u32 {
+        match self.background_connections {
+            0 => (self.max_connections / 4).max(1),
+            n => n.min(self.max_connections),
+        }
+    }
+}
+
+/// Recording `last_login` off the request path, in batches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoginsConfig {
+    /// Logins waiting to be written; beyond this they are dropped (and counted), and the
+    /// user's next request records it.
+    pub queue_capacity: usize,
+    /// Most logins written by one statement.
+    pub batch_size: usize,
+    /// A partial batch is written after this long.
+    pub flush_ms: u64,
+}
+
+impl Default for LoginsConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 10_000,
+            batch_size: 500,
+            flush_ms: 1000,
+        }
+    }
 }
 
 /// Profile cache.
@@ -166,6 +204,7 @@ impl Default for Config {
             rate_limits: RateLimitConfig::default(),
             redis: RedisConfig::default(),
             prewarm: PrewarmConfig::default(),
+            logins: LoginsConfig::default(),
             server: ServerConfig::default(),
         }
     }
@@ -194,6 +233,7 @@ impl Default for DatabaseConfig {
             min_connections: 0,
             acquire_timeout_ms: 2000,
             statement_timeout_ms: 5000,
+            background_connections: 0,
         }
     }
 }
@@ -358,6 +398,15 @@ impl Config {
                 "database.min_connections",
                 "must not exceed max_connections",
             );
+        }
+        if self.logins.queue_capacity == 0 || self.logins.batch_size == 0 {
+            return bad(
+                "logins.queue_capacity",
+                "logins.queue_capacity and logins.batch_size must be at least 1",
+            );
+        }
+        if self.logins.flush_ms == 0 {
+            return bad("logins.flush_ms", "must be at least 1");
         }
         if self.database.acquire_timeout_ms == 0 {
             return bad("database.acquire_timeout_ms", "must be positive");

@@ -31,12 +31,17 @@ use crate::db::PoolOptions;
 use crate::service::{LoginRecorder, ProfileService};
 use crate::state::AppState;
 
+/// Longest wait for the background tasks' last writes at shutdown.
+const BACKGROUND_GRACE: Duration = Duration::from_secs(10);
+
 /// A built, bound, not yet serving instance.
 pub struct App {
     listener: TcpListener,
     router: axum::Router,
     state: AppState,
     shutdown: CancellationToken,
+    /// Background tasks (flushers, drainer, login writer), joined at shutdown.
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Why the service could not start.
@@ -89,9 +94,12 @@ impl App {
             Cache::store_for(redis.as_ref()),
             CacheSettings::from_config(&config),
         );
-        let profiles = ProfileService::new(repo, cache.clone());
-        let state = AppState {
-            logins: LoginRecorder::new(profiles.clone()),
+        let profiles = ProfileService::new(repo, cache.clone(), config.database.background_share());
+        let shutdown = CancellationToken::new();
+        let (logins, login_writer) =
+            LoginRecorder::start(profiles.clone(), &config.logins, shutdown.clone());
+        let state = AppState::new(state::Services {
+            logins,
             profiles,
             auth,
             metrics: telemetry::metrics_handle(),
@@ -99,7 +107,7 @@ impl App {
             cache: cache.clone(),
             limiter: ratelimit::Limiter::new(&config.rate_limits, redis.clone()),
             redis,
-        };
+        });
         let listener = TcpListener::bind(config.addr)
             .await
             .map_err(|source| StartError::Bind {
@@ -111,13 +119,15 @@ impl App {
         if let Err(e) = state.profiles.drain_outbox().await {
             tracing::warn!(error = %e, "pending cache invalidations not applied yet; reading the database until they are");
         }
-        let shutdown = CancellationToken::new();
-        service::spawn_background(&state.profiles, &shutdown, config.prewarm.enabled);
+        let mut background =
+            service::spawn_background(&state.profiles, &shutdown, config.prewarm.enabled);
+        background.push(login_writer);
         Ok(Self {
             router: api::router(state.clone()),
             listener,
             state,
             shutdown,
+            background,
         })
     }
 
@@ -143,14 +153,24 @@ impl App {
         self.shutdown.clone()
     }
 
-    /// Serves until the shutdown token is cancelled; in-flight requests finish first.
+    /// Serves until the shutdown token is cancelled; in-flight requests finish first, then
+    /// the background tasks write what they hold (hit/miss counts, login records) and end.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let token = self.shutdown.clone();
         let service = self
             .router
             .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, service)
+        let served = axum::serve(self.listener, service)
             .with_graceful_shutdown(async move { token.cancelled().await })
+            .await;
+        self.shutdown.cancel();
+        let joined = futures::future::join_all(self.background);
+        if tokio::time::timeout(BACKGROUND_GRACE, joined)
             .await
+            .is_err()
+        {
+            tracing::warn!("background tasks did not finish within the grace period");
+        }
+        served
     }
 }

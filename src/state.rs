@@ -11,9 +11,28 @@ use crate::ratelimit::Limiter;
 use crate::redis::RedisClient;
 use crate::service::{LoginRecorder, ProfileService};
 
-/// Shared, cheaply cloned application state.
+/// Shared application state: one `Arc`, so the several clones a request makes (router,
+/// layers, handlers) cost one reference count each.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    /// Shares `services` with every handler.
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// What every handler can reach, built once at start.
+pub struct Services {
     /// The validated configuration.
     pub config: Arc<Config>,
     /// Profile use cases (cache-aside over the repository).
@@ -32,7 +51,7 @@ pub struct AppState {
     pub limiter: Limiter,
 }
 
-impl AppState {
+impl Services {
     /// Which store serves the cache and limiter, and whether it answers.
     /// Down while the breaker is open or a write's invalidation is still pending.
     pub fn store_health(&self) -> (&'static str, bool) {

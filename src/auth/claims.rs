@@ -29,9 +29,19 @@ pub(crate) struct RawClaims {
     roles: Option<Value>,
     #[serde(default)]
     token_type: Option<Value>,
+    #[serde(default)]
+    exp: Option<Value>,
 }
 
 impl RawClaims {
+    /// `exp` in Unix seconds (jsonwebtoken has already checked it is there and numeric).
+    pub(crate) fn exp_secs(&self) -> Option<i64> {
+        self.exp
+            .as_ref()
+            .and_then(parse_numeric_date)
+            .map(|d| d.timestamp())
+    }
+
     /// Applies the rules jsonwebtoken does not know: `sub` a UUID, `token_type`,
     /// `iat` not in the future, and the role.
     pub(crate) fn into_caller(self, leeway_secs: u64) -> Result<Caller, AuthError> {

@@ -83,6 +83,8 @@ pub(crate) struct JwksCache {
     /// Completed fetch attempts, so a queued caller can tell that one finished meanwhile.
     attempts: AtomicU64,
     background_refresh: AtomicBool,
+    /// Bumped whenever a fetched set replaces the current one.
+    generation: AtomicU64,
 }
 
 impl JwksCache {
@@ -110,6 +112,7 @@ impl JwksCache {
             fetch_lock: tokio::sync::Mutex::new(None),
             attempts: AtomicU64::new(0),
             background_refresh: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -165,6 +168,23 @@ impl JwksCache {
 
     fn store(&self, set: KeySet) {
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(set));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Starts a background refresh when the set has outlived its cache time (as a key
+    /// lookup does), for callers that answer without one.
+    pub(crate) fn refresh_if_stale(self: &Arc<Self>) {
+        if self
+            .snapshot()
+            .is_some_and(|set| set.fetched_at.elapsed() >= self.cache_ttl)
+        {
+            self.refresh_in_background();
+        }
+    }
+
+    /// Which key set is current: tokens verified under an older one are checked afresh.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// Starts one background refresh of an expired set, unless one is already running.

@@ -30,6 +30,11 @@ use jwks::JwksCache;
 /// Longest token accepted; real access tokens are well under 2 KiB, so anything
 /// bigger is refused before any parsing work is spent on it.
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// Most verified tokens remembered (by digest), so a client's next requests skip RS256.
+const VERIFIED_CAPACITY: u64 = 100_000;
+/// Longest a verified token is trusted without a fresh check: bounds how long a key
+/// withdrawn from the JWKS keeps working for tokens already seen.
+const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,6 +186,20 @@ struct Inner {
     source: KeySource,
     validation: Validation,
     leeway_secs: u64,
+    /// SHA-256 of tokens that passed a full check → their caller, `exp` (Unix s) and the
+    /// key set they were checked with. Only successes are kept, and one is used only
+    /// before its `exp` and while its key set is current: a later look gives the answer a
+    /// full check would (a token past `exp`, or seen before a JWKS change, is checked
+    /// afresh, leeway and all).
+    verified: moka::sync::Cache<[u8; 32], Verified>,
+}
+
+/// A token that passed a full check.
+#[derive(Clone)]
+struct Verified {
+    caller: Caller,
+    exp: i64,
+    key_generation: u64,
 }
 
 enum KeySource {
@@ -275,6 +294,10 @@ impl Authenticator {
                 source,
                 validation,
                 leeway_secs: cfg.leeway_secs,
+                verified: moka::sync::Cache::builder()
+                    .max_capacity(VERIFIED_CAPACITY)
+                    .time_to_live(VERIFIED_TTL)
+                    .build(),
             }),
         }
     }
@@ -293,6 +316,32 @@ impl Authenticator {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::Invalid("Invalid token"));
         }
+        let digest = token_digest(token);
+        if let Some(v) = self.inner.verified.get(&digest)
+            && Utc::now().timestamp() < v.exp
+            && v.key_generation == self.key_generation()
+        {
+            if let KeySource::Jwks(cache) = &self.inner.source {
+                cache.refresh_if_stale();
+            }
+            return Ok(v.caller);
+        }
+        self.verify_fully(token, digest).await
+    }
+
+    /// Changes whenever the verification keys change (a JWKS refetch).
+    fn key_generation(&self) -> u64 {
+        match &self.inner.source {
+            KeySource::Static(_) => 0,
+            KeySource::Jwks(cache) => cache.generation(),
+        }
+    }
+
+    /// The whole check: header, key, signature, standard claims, our claims. Remembers a
+    /// success (by digest) for [`Self::verify`].
+    async fn verify_fully(&self, token: &str, digest: [u8; 32]) -> Result<Caller, AuthError> {
+        // Read before the key lookup: a refetch during this check makes the entry stale.
+        let key_generation = self.key_generation();
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| AuthError::Invalid("Invalid token"))?;
         // Before any key lookup: an attacker-chosen algorithm must never pick the routine.
@@ -310,6 +359,7 @@ impl Authenticator {
             tracing::debug!(kid = header.kid.as_deref(), reason = %err, "token refused");
             err
         })?;
+        let exp = data.claims.exp_secs();
         let caller = data
             .claims
             .into_caller(self.inner.leeway_secs)
@@ -317,8 +367,24 @@ impl Authenticator {
                 tracing::debug!(kid = header.kid.as_deref(), reason = %err, "token refused");
             })?;
         tracing::debug!(kid = header.kid.as_deref(), sub = %caller.user_id, "token accepted");
+        if let Some(exp) = exp {
+            let verified = Verified {
+                caller: caller.clone(),
+                exp,
+                key_generation,
+            };
+            self.inner.verified.insert(digest, verified);
+        }
         Ok(caller)
     }
+}
+
+/// SHA-256 of a token: the cache key of a verified token (the token itself is not kept).
+fn token_digest(token: &str) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 /// Extracts the token from an `Authorization` header value (`Bearer <token>`, scheme
@@ -350,4 +416,49 @@ pub(crate) fn ensure_jwt_crypto() {
 
 fn non_empty(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verifier(private: &str, public: &str) -> (Authenticator, impl Fn(i64) -> String) {
+        let cfg = JwtConfig {
+            leeway_secs: 0,
+            ..JwtConfig::default()
+        };
+        let auth = Authenticator::from_pem(public.as_bytes(), &cfg).unwrap();
+        let private = private.to_owned();
+        let sub = UserId::random();
+        let mint = move |exp: i64| {
+            sign_rs256(
+                private.as_bytes(),
+                None,
+                &serde_json::json!({"sub": sub.to_string(), "exp": exp, "role": "admin"}),
+            )
+            .unwrap()
+        };
+        (auth, mint)
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_answers_like_a_fresh_check_and_never_past_exp() {
+        let (private, public) = generate_rsa_keypair().unwrap();
+        let (auth, mint) = verifier(&private, &public);
+        let token = mint(Utc::now().timestamp() + 2);
+        let first = auth.verify(&token).await.unwrap();
+        assert!(first.is_admin);
+        assert!(auth.inner.verified.contains_key(&token_digest(&token)));
+        assert_eq!(auth.verify(&token).await.unwrap(), first, "remembered");
+        // A tampered copy shares no digest with the original: checked, and refused.
+        let mut tampered = token.clone();
+        tampered.pop();
+        assert!(auth.verify(&tampered).await.is_err());
+        tokio::time::sleep(std::time::Duration::from_millis(3100)).await;
+        assert_eq!(
+            auth.verify(&token).await,
+            Err(AuthError::Expired),
+            "past exp the token is checked afresh"
+        );
+    }
 }

@@ -290,15 +290,15 @@ impl Cache {
         self.inner.store.invalidate(&keys, STATE_TTL).await
     }
 
-    /// Invalidates every entry of each of `users` (one pipeline per slot).
-    pub async fn invalidate_users(&self, users: &[UserId]) -> Result<(), StoreError> {
+    /// Invalidates the entries of `scope` for each of `users` (one pipeline per slot).
+    pub async fn invalidate_many(
+        &self,
+        users: &[UserId],
+        scope: InvalidationScope,
+    ) -> Result<(), StoreError> {
         let keys: Vec<EntryKeys> = users
             .iter()
-            .flat_map(|id| {
-                kinds_for(InvalidationScope::All)
-                    .into_iter()
-                    .map(move |k| k.keys(*id))
-            })
+            .flat_map(|id| kinds_for(scope).into_iter().map(move |k| k.keys(*id)))
             .collect();
         self.inner.store.invalidate(&keys, STATE_TTL).await
     }

@@ -128,6 +128,15 @@ pub struct Written<T> {
     pub outbox_id: i64,
 }
 
+/// What a batch of login records changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoginsWritten {
+    /// Profiles whose `last_login` changed.
+    pub users: Vec<UserId>,
+    /// Their outbox rows.
+    pub outbox_ids: Vec<i64>,
+}
+
 /// Connection pool figures for `/metrics`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PoolStats {
@@ -194,13 +203,26 @@ pub trait ProfileRepo: Send + Sync + 'static {
         data: &JsonObject,
     ) -> Result<Option<Written<Document>>, DbError>;
 
-    /// Sets `last_login` to `at` unless it is already within an hour of it; leaves
-    /// `updated_at` alone. `None` when nothing changed.
+    /// For each `(user, at)`, sets `last_login` to `at` unless it is already within an
+    /// hour of it, leaving `updated_at` alone; one transaction, with one outbox row per
+    /// profile changed. `users` are unique.
+    async fn record_logins(
+        &self,
+        logins: &[(UserId, DateTime<Utc>)],
+    ) -> Result<LoginsWritten, DbError>;
+
+    /// [`Self::record_logins`] for one user; `None` when nothing changed.
     async fn record_login(
         &self,
         id: UserId,
         at: DateTime<Utc>,
-    ) -> Result<Option<Written<()>>, DbError>;
+    ) -> Result<Option<Written<()>>, DbError> {
+        let w = self.record_logins(&[(id, at)]).await?;
+        Ok(w.outbox_ids.first().map(|&outbox_id| Written {
+            value: (),
+            outbox_id,
+        }))
+    }
     /// Up to `limit` profiles with `last_login` after `since`, most recent first.
     async fn recent_logins(
         &self,

@@ -9,14 +9,15 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, SubsecRound, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
 
 use super::{
-    DbError, InvalidationScope, PendingInvalidation, PoolOptions, PoolStats, ProfileRepo, Written,
+    DbError, InvalidationScope, LoginsWritten, PendingInvalidation, PoolOptions, PoolStats,
+    ProfileRepo, Written,
 };
 use crate::domain::{
     Document, DocumentKind, Email, JsonObject, NewProfile, Profile, ProfilePatch, UserId,
@@ -313,33 +314,28 @@ impl PostgresRepo {
         }))
     }
 
-    async fn record_login_inner(
+    async fn record_logins_inner(
         &self,
-        id: UserId,
-        at: DateTime<Utc>,
-    ) -> Result<Option<Written<()>>, DbError> {
-        let at = at.trunc_subsecs(6);
-        let threshold = at - TimeDelta::hours(1);
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
-        let done = sqlx::query(
-            "UPDATE profiles SET last_login = $2 \
-             WHERE user_id = $1 AND (last_login IS NULL OR last_login < $3)",
-        )
-        .bind(id.as_uuid())
-        .bind(at)
-        .bind(threshold)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        if done.rows_affected() == 0 {
-            return Ok(None);
+        logins: &[(UserId, DateTime<Utc>)],
+    ) -> Result<LoginsWritten, DbError> {
+        if logins.is_empty() {
+            return Ok(LoginsWritten::default());
         }
-        let outbox_id = outbox(&mut tx, id, InvalidationScope::Profile, now_micros()).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(Some(Written {
-            value: (),
-            outbox_id,
-        }))
+        let ids: Vec<uuid::Uuid> = logins.iter().map(|(id, _)| id.as_uuid()).collect();
+        let ats: Vec<DateTime<Utc>> = logins.iter().map(|(_, at)| at.trunc_subsecs(6)).collect();
+        // One statement for the whole batch: update, and one outbox row per changed profile.
+        let rows: Vec<(i64, uuid::Uuid)> = sqlx::query_as(RECORD_LOGINS)
+            .bind(&ids)
+            .bind(&ats)
+            .bind(InvalidationScope::Profile.as_str())
+            .bind(now_micros())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(LoginsWritten {
+            users: rows.iter().map(|(_, u)| UserId::from_uuid(*u)).collect(),
+            outbox_ids: rows.iter().map(|(id, _)| *id).collect(),
+        })
     }
 
     async fn recent_logins_inner(
@@ -531,12 +527,11 @@ impl ProfileRepo for PostgresRepo {
             .await
     }
 
-    async fn record_login(
+    async fn record_logins(
         &self,
-        id: UserId,
-        at: DateTime<Utc>,
-    ) -> Result<Option<Written<()>>, DbError> {
-        self.bounded(self.record_login_inner(id, at)).await
+        logins: &[(UserId, DateTime<Utc>)],
+    ) -> Result<LoginsWritten, DbError> {
+        self.bounded(self.record_logins_inner(logins)).await
     }
 
     async fn recent_logins(
@@ -623,6 +618,17 @@ async fn apply_patch(
 }
 
 /// Records the cache invalidation that must follow this write, in the write's transaction.
+/// $1 user ids, $2 login times (unique users), $3 the outbox scope, $4 now.
+const RECORD_LOGINS: &str = "\
+    WITH input AS (SELECT * FROM unnest($1::uuid[], $2::timestamptz[]) AS i(user_id, at)), \
+    changed AS ( \
+        UPDATE profiles p SET last_login = i.at FROM input i \
+        WHERE p.user_id = i.user_id \
+          AND (p.last_login IS NULL OR p.last_login < i.at - interval '1 hour') \
+        RETURNING p.user_id) \
+    INSERT INTO cache_invalidations (user_id, scope, created_at) \
+    SELECT user_id, $3, $4 FROM changed RETURNING id, user_id";
+
 async fn outbox(
     tx: &mut PgConnection,
     id: UserId,

@@ -18,7 +18,8 @@ use sqlx::{AssertSqlSafe, Row};
 use uuid::Uuid;
 
 use super::{
-    DbError, InvalidationScope, PendingInvalidation, PoolOptions, PoolStats, ProfileRepo, Written,
+    DbError, InvalidationScope, LoginsWritten, PendingInvalidation, PoolOptions, PoolStats,
+    ProfileRepo, Written,
 };
 use crate::domain::{
     Document, DocumentKind, Email, JsonObject, NewProfile, Profile, ProfilePatch, UserId,
@@ -328,33 +329,37 @@ impl ProfileRepo for SqliteRepo {
         }))
     }
 
-    async fn record_login(
+    async fn record_logins(
         &self,
-        id: UserId,
-        at: DateTime<Utc>,
-    ) -> Result<Option<Written<()>>, DbError> {
-        let at = at.trunc_subsecs(6);
-        let threshold = at - TimeDelta::hours(1);
-        let mut tx = self.begin_write().await?;
-        let done = sqlx::query(
-            "UPDATE profiles SET last_login = $2 \
-             WHERE user_id = $1 AND (last_login IS NULL OR last_login < $3)",
-        )
-        .bind(id.to_string())
-        .bind(ts(at))
-        .bind(ts(threshold))
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        if done.rows_affected() == 0 {
-            return Ok(None);
+        logins: &[(UserId, DateTime<Utc>)],
+    ) -> Result<LoginsWritten, DbError> {
+        let mut out = LoginsWritten::default();
+        if logins.is_empty() {
+            return Ok(out);
         }
-        let outbox_id = outbox(&mut tx, id, InvalidationScope::Profile, now_micros()).await?;
+        let now = now_micros();
+        // One transaction for the batch (SQLite is in process: statements are cheap).
+        let mut tx = self.begin_write().await?;
+        for (id, at) in logins {
+            let at = at.trunc_subsecs(6);
+            let done = sqlx::query(
+                "UPDATE profiles SET last_login = $2 \
+                 WHERE user_id = $1 AND (last_login IS NULL OR last_login < $3)",
+            )
+            .bind(id.to_string())
+            .bind(ts(at))
+            .bind(ts(at - TimeDelta::hours(1)))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            if done.rows_affected() > 0 {
+                out.outbox_ids
+                    .push(outbox(&mut tx, *id, InvalidationScope::Profile, now).await?);
+                out.users.push(*id);
+            }
+        }
         tx.commit().await.map_err(map_err)?;
-        Ok(Some(Written {
-            value: (),
-            outbox_id,
-        }))
+        Ok(out)
     }
 
     async fn recent_logins(

@@ -3,13 +3,15 @@
 //! empties the outbox lets this instance read the cache again.
 
 use super::{ProfileService, dedupe};
-use crate::db::DbError;
+use crate::db::{DbError, InvalidationScope};
 use crate::domain::UserId;
 use crate::redis::StoreError;
 
 /// Outbox rows applied per drain round, and rounds per pass.
 const DRAIN_BATCH: u32 = 200;
 const DRAIN_ROUNDS: usize = 20;
+/// Applied rows deleted per statement.
+const RETIRE_CHUNK: usize = 1000;
 
 /// Why a drain pass stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -28,13 +30,17 @@ impl ProfileService {
     /// before it started. Returns how many rows were applied.
     pub async fn drain_outbox(&self) -> Result<usize, DrainError> {
         let generation = self.cache.drain_generation();
+        let _permit = self.background_permit().await;
+        self.retire_applied().await?;
         let mut applied = 0;
         for _ in 0..DRAIN_ROUNDS {
             let rows = self.repo.pending_invalidations(DRAIN_BATCH).await?;
             if !rows.is_empty() {
                 let users: Vec<UserId> =
                     dedupe(&rows.iter().map(|r| r.user_id).collect::<Vec<_>>());
-                self.cache.invalidate_users(&users).await?;
+                self.cache
+                    .invalidate_many(&users, InvalidationScope::All)
+                    .await?;
                 let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
                 self.repo.clear_invalidations(&ids).await?;
                 applied += rows.len();
@@ -45,5 +51,29 @@ impl ProfileService {
             }
         }
         Ok(applied)
+    }
+}
+
+impl ProfileService {
+    /// Notes an outbox row whose invalidation was applied on the write's path; the next
+    /// drain pass deletes such rows in one statement, off every request's path.
+    pub(super) fn applied(&self, outbox_ids: &[i64]) {
+        let mut list = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        list.extend_from_slice(outbox_ids);
+    }
+
+    /// Deletes the rows noted by [`Self::applied`] (kept for the next pass on failure).
+    async fn retire_applied(&self) -> Result<(), DbError> {
+        let ids = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()));
+        if ids.is_empty() {
+            return Ok(());
+        }
+        for chunk in ids.chunks(RETIRE_CHUNK) {
+            if let Err(e) = self.repo.clear_invalidations(chunk).await {
+                self.applied(chunk);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 }

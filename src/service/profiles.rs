@@ -1,5 +1,7 @@
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use chrono::{DateTime, Utc};
 
@@ -39,16 +41,37 @@ pub struct ProfileService {
     pub(super) repo: Repo,
     pub(super) cache: Cache,
     pub(super) flights: Arc<ReadFlights>,
+    /// Database connections background work may hold at once (the rest serve requests).
+    background: Arc<Semaphore>,
+    /// Outbox rows whose invalidation was applied on the write's path, to delete.
+    pub(super) retired: Arc<Mutex<Vec<i64>>>,
 }
 
 impl ProfileService {
-    /// Builds the service over a repository and its cache.
-    pub fn new(repo: Repo, cache: Cache) -> Self {
+    /// Builds the service over a repository and its cache; background work holds at most
+    /// `background_connections` database connections at once.
+    pub fn new(repo: Repo, cache: Cache, background_connections: u32) -> Self {
         Self {
             repo,
             cache,
             flights: Arc::new(ReadFlights::new()),
+            background: Arc::new(Semaphore::new(background_connections.max(1) as usize)),
+            retired: Arc::new(Mutex::new(Vec::new())),
         }
+    }
+
+    /// Waits for a background share of the pool (held while the permit lives).
+    pub(super) async fn background_permit(&self) -> OwnedSemaphorePermit {
+        self.background
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the background semaphore is never closed")
+    }
+
+    /// A background share of the pool if one is free now.
+    pub(super) fn try_background_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.background.clone().try_acquire_owned().ok()
     }
 
     /// The cache (admin routes, health).
@@ -131,28 +154,52 @@ impl ProfileService {
 
     /// Records a login time (throttled in the database to once an hour).
     pub async fn record_login(&self, id: UserId, at: DateTime<Utc>) -> Result<(), DbError> {
-        count_query("record_login");
-        if let Some(w) = self.repo.record_login(id, at).await? {
-            self.after_write(w, id, InvalidationScope::Profile).await;
-        }
-        Ok(())
+        self.record_logins(&[(id, at)]).await.map(|_| ())
     }
 
-    /// Applies the write's cache invalidation (markers) and retires its outbox row. When the
+    /// Records many login times in one statement (each throttled to once an hour per
+    /// user), within the background share of the pool, and invalidates the changed
+    /// profiles in one pipeline. Returns how many profiles changed.
+    pub async fn record_logins(
+        &self,
+        logins: &[(UserId, DateTime<Utc>)],
+    ) -> Result<usize, DbError> {
+        if logins.is_empty() {
+            return Ok(0);
+        }
+        let written = {
+            let _permit = self.background_permit().await;
+            count_query("record_logins");
+            self.repo.record_logins(logins).await?
+        };
+        if written.users.is_empty() {
+            return Ok(0);
+        }
+        match self
+            .cache
+            .invalidate_many(&written.users, InvalidationScope::Profile)
+            .await
+        {
+            Ok(()) => self.applied(&written.outbox_ids),
+            Err(e) => {
+                self.cache.mark_dirty();
+                tracing::warn!(error = %e, "cache invalidation of login records failed; kept in the outbox, reading the database until it is applied");
+            }
+        }
+        Ok(written.users.len())
+    }
+
+    /// Applies the write's cache invalidation and notes its outbox row as applied. When the
     /// invalidation fails the row stays for the drainer and this instance stops reading the
     /// cache until it is applied, before the write is acknowledged.
     async fn after_write<T>(&self, w: Written<T>, id: UserId, scope: InvalidationScope) -> T {
         match self.cache.invalidate(id, scope).await {
             Ok(()) => {
-                // Retiring the row is bookkeeping, not part of the write's promise: off the
-                // response path. If it fails, the drainer applies the row again (harmless:
-                // markers are idempotent) and retires it.
-                let (repo, outbox_id) = (self.repo.clone(), w.outbox_id);
-                tokio::spawn(async move {
-                    if let Err(e) = repo.clear_invalidations(&[outbox_id]).await {
-                        tracing::warn!(error = %e, "could not clear outbox row; it will be retried");
-                    }
-                });
+                // Deleting the row is bookkeeping, not part of the write's promise: the next
+                // drain pass deletes every applied row in one statement, off the response
+                // path. (Should the drainer meet the row first, it applies it again:
+                // harmless, an invalidation only costs a miss.)
+                self.applied(&[w.outbox_id]);
             }
             Err(e) => {
                 self.cache.mark_dirty();

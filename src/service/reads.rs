@@ -239,8 +239,15 @@ impl ProfileService {
         seen_state: Option<String>,
         seen_at: Instant,
     ) {
+        // Background work keeps to its share of the pool: no free share, no refresh (the
+        // entry is still served; a later hit tries again).
+        let Some(permit) = self.try_background_permit() else {
+            metrics::counter!("cache_refreshes_skipped_total").increment(1);
+            return;
+        };
         let this = self.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             if !this.cache.take_refresh_lock(kind, id).await {
                 return;
             }
@@ -377,6 +384,7 @@ impl ProfileService {
                 tracing::warn!("prewarm stopped: the cache store is unavailable");
                 break;
             }
+            let _permit = self.background_permit().await;
             stored += self.read_through(chunk).await?.1;
         }
         tracing::info!(stored, candidates = ids.len(), "cache prewarm finished");
