@@ -19,7 +19,12 @@ fn free_port() -> u16 {
 }
 
 fn cmd(dir: &Path) -> Command {
-    let mut c = Command::new(BIN);
+    cmd_of(BIN, dir)
+}
+
+/// `program` in `dir`, with none of the outer environment's stores or key sources.
+fn cmd_of(program: &str, dir: &Path) -> Command {
+    let mut c = Command::new(program);
     c.current_dir(dir);
     for var in [
         "DATABASE_URL",
@@ -28,6 +33,8 @@ fn cmd(dir: &Path) -> Command {
         "JWT_PUBLIC_KEY_FILE",
         "JWKS_URL",
         "USER_API_CONFIG",
+        "USER_API__SERVER__LOG_FORMAT",
+        "RUST_LOG",
     ] {
         c.env_remove(var);
     }
@@ -257,4 +264,101 @@ fn token_on_a_fresh_machine_prints_only_the_token() {
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert_eq!(stdout.trim().split('.').count(), 3, "{stdout}");
     assert!(dir.join("data/dev-keys/private.pem").exists());
+}
+
+/// Lines of `user-api token --sub …` on a fresh directory: it generates the dev key pair
+/// and logs a WARN about it, so there is always a log line to look at.
+fn first_token_logs(mut c: Command) -> String {
+    let out = c
+        .args(["token", "--sub", &uuid::Uuid::new_v4().to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut text = String::from_utf8(out.stdout).unwrap();
+    text.push_str(&String::from_utf8(out.stderr).unwrap());
+    text
+}
+
+fn is_json_log_line(line: &str) -> bool {
+    serde_json::from_str::<Value>(line.trim()).is_ok_and(|v| v["level"].is_string())
+}
+
+#[test]
+fn logs_are_json_when_not_on_a_terminal_unless_configured() {
+    // stderr is a pipe here: JSON, one object a line.
+    let out = first_token_logs(cmd(&tempdir()));
+    let warn = out
+        .lines()
+        .find(|l| l.contains("generated a new DEV MODE key pair"))
+        .unwrap_or_else(|| panic!("no key-pair warning: {out}"));
+    assert!(is_json_log_line(warn), "{warn}");
+    // An explicit choice wins over the pipe.
+    let mut c = cmd(&tempdir());
+    c.env("USER_API__SERVER__LOG_FORMAT", "pretty");
+    let out = first_token_logs(c);
+    let warn = out
+        .lines()
+        .find(|l| l.contains("generated a new DEV MODE key pair"))
+        .unwrap_or_else(|| panic!("no key-pair warning: {out}"));
+    assert!(!is_json_log_line(warn) && warn.contains("WARN"), "{warn}");
+    assert!(
+        !warn.contains('\u{1b}'),
+        "no colour codes into a pipe: {warn:?}"
+    );
+}
+
+/// `script` (util-linux) runs the binary on a pseudo-terminal: what a person sees.
+fn on_a_terminal(dir: &Path, env: &[(&str, &str)]) -> Option<Command> {
+    let util_linux = Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("util-linux"));
+    if !util_linux {
+        eprintln!("skipped: needs util-linux `script` to provide a terminal");
+        return None;
+    }
+    let mut c = cmd_of("script", dir);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    // `script -c` runs a shell command (the binary's path passed in the environment).
+    c.env("USER_API_BIN", BIN).args([
+        "-q",
+        "-e",
+        "-c",
+        r#""$USER_API_BIN" token --sub 6f1f4a8e-0b8e-4c55-9d1c-2f0a3c1b7e21"#,
+        "/dev/null",
+    ]);
+    Some(c)
+}
+
+#[test]
+fn logs_are_readable_on_a_terminal_unless_configured() {
+    let Some(mut c) = on_a_terminal(&tempdir(), &[]) else {
+        return;
+    };
+    let out = c.stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let warn = text
+        .lines()
+        .find(|l| l.contains("generated a new DEV MODE key pair"))
+        .unwrap_or_else(|| panic!("no key-pair warning: {text}"));
+    assert!(!is_json_log_line(warn) && warn.contains("WARN"), "{warn}");
+
+    let Some(mut c) = on_a_terminal(&tempdir(), &[("USER_API__SERVER__LOG_FORMAT", "json")]) else {
+        return;
+    };
+    let out = c.stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let warn = text
+        .lines()
+        .find(|l| l.contains("generated a new DEV MODE key pair"))
+        .unwrap_or_else(|| panic!("no key-pair warning: {text}"));
+    assert!(
+        is_json_log_line(warn),
+        "an explicit json wins on a terminal: {warn}"
+    );
 }
