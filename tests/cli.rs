@@ -81,25 +81,9 @@ async fn dev_mode_quick_start_and_no_pii_in_logs() {
     );
     assert!(dir.join("data/dev-keys/private.pem").exists());
 
-    let id = uuid::Uuid::new_v4().to_string();
-    // stdout carries the token alone (logs go to stderr): `TOKEN=$(user-api token …)`.
-    let out = cmd(&dir)
-        .args(["token", "--sub", &id, "--role", "user"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .split('.')
-            .count(),
-        3
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    // As the README and the start-up hint do it: `eval "$(user-api token)"` sets ID and TOKEN
+    // (stdout carries only those lines; logs go to stderr).
+    let (id, token) = eval_new_user(&dir, &[]);
 
     let pii = json!({"email": "pii.person@example.com", "phone": "090-9876-5432",
                      "address": "秘密の住所 1-2-3", "date_of_birth": "1985-05-17", "name": "N"});
@@ -164,6 +148,22 @@ async fn dev_mode_quick_start_and_no_pii_in_logs() {
         .read_to_string(&mut logs)
         .unwrap();
     assert!(logs.contains("DEV MODE"), "dev mode is announced loudly");
+    // The hint is the README's sequence: a new user from `token`, then a create; never a
+    // `/me` that answers 404 on a fresh start, never a Linux-only uuid source.
+    assert!(
+        logs.contains("eval \"$(") && logs.contains(" token)\"   # sets ID"),
+        "{logs}"
+    );
+    assert!(logs.contains(&format!("curl -X POST localhost:{port}/api/profiles")));
+    assert!(logs.contains(&format!("curl localhost:{port}/api/profiles/$ID")));
+    assert!(
+        !logs.contains("/proc/sys") && !logs.contains("/api/profiles/me"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("The WARN lines above are expected in dev mode"),
+        "the dev-mode warnings are explained: {logs}"
+    );
     assert!(
         logs.contains("in-process store"),
         "embedded store is announced"
@@ -264,6 +264,69 @@ fn token_on_a_fresh_machine_prints_only_the_token() {
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert_eq!(stdout.trim().split('.').count(), 3, "{stdout}");
     assert!(dir.join("data/dev-keys/private.pem").exists());
+}
+
+/// Runs `eval "$(user-api token <args>)"` in a shell, as the README does, and returns the
+/// `ID` and `TOKEN` it set.
+fn eval_new_user(dir: &Path, args: &[&str]) -> (String, String) {
+    let out = cmd_of("sh", dir)
+        .args([
+            "-c",
+            r#"eval "$("$0" token "$@")" && printf '%s\n%s\n' "$ID" "$TOKEN""#,
+            BIN,
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let (id, token) = stdout.trim().split_once('\n').expect("two lines");
+    (id.to_owned(), token.to_owned())
+}
+
+fn jwt_claims(token: &str) -> Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT has three parts");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[test]
+fn token_without_sub_prints_a_new_user_for_eval() {
+    let dir = tempdir();
+    let out = cmd(&dir)
+        .args(["token", "--role", "admin"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    let id = lines[0].strip_prefix("ID=").expect(&stdout);
+    let token = lines[1].strip_prefix("TOKEN=").expect(&stdout);
+    let parsed = uuid::Uuid::parse_str(id).unwrap();
+    assert_eq!(parsed.hyphenated().to_string(), id, "canonical lowercase");
+    let claims = jwt_claims(token);
+    assert_eq!(claims["sub"], id);
+    assert_eq!(claims["role"], "admin");
+
+    // Through a shell, as the README uses it; each call is a new user.
+    let (id1, token1) = eval_new_user(&dir, &[]);
+    let (id2, _) = eval_new_user(&dir, &["--role", "user"]);
+    assert_ne!(id1, id2);
+    assert_ne!(id1, id);
+    assert_eq!(jwt_claims(&token1)["sub"], id1);
+    assert_eq!(jwt_claims(&token1)["role"], "user");
 }
 
 /// Lines of `user-api token --sub …` on a fresh directory: it generates the dev key pair
