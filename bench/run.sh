@@ -46,8 +46,10 @@ bench_setup() { # name database_url redis_url(or empty)
   )
   pids+=("$(cat "$work/$name.pid")")
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/health" >/dev/null && break; sleep 0.1; done
-  local token
-  token=$(DATABASE_URL="$db" "$bin" token --sub "$(cat /proc/sys/kernel/random/uuid)" --role admin)
+  local token ID TOKEN
+  # A new admin user (ID= and TOKEN= lines); portable, unlike /proc/sys/kernel/random/uuid.
+  eval "$(DATABASE_URL="$db" "$bin" token --role admin)"
+  token=$TOKEN
   case "$db" in
     postgres*) psql "$db" -Atqc "select user_id from profiles order by random()" >"$work/ids" ;;
     *) sqlite3 "${db#sqlite://}" "select user_id from profiles order by random()" >"$work/ids" 2>/dev/null ||

@@ -10,13 +10,31 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf '\033[1m[test.sh]\033[0m %s\n' "$*" >&2; }
+# Every line carries the time since the start, so a long compile never looks like a hang.
+mmss() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
+if [ -t 2 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
+log() { printf '%s[test.sh %s]%s %s\n' "$bold" "$(mmss "$SECONDS")" "$plain" "$*" >&2; }
+# Phases: each one logs when it starts and how long it took when the next one starts.
+phase_name='' phase_start=0
+end_phase() { # outcome
+  if [ -n "$phase_name" ]; then log "$phase_name: $1 after $(mmss $((SECONDS - phase_start)))"; fi
+  phase_name=''
+}
+phase() { # name [what to print instead of the name]
+  end_phase done
+  phase_name="$1" phase_start=$SECONDS
+  log "${2:-$1}"
+}
 cleanup_actions=()
 cleanup() {
-  local i
+  local rc=$? i
+  end_phase "$([ "$rc" -eq 0 ] && echo done || echo "FAILED (exit $rc)")"
   for ((i = ${#cleanup_actions[@]} - 1; i >= 0; i--)); do eval "${cleanup_actions[$i]}" || true; done
+  log "total $(mmss "$SECONDS")"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()' 2>/dev/null ||
@@ -123,15 +141,32 @@ if [[ "${TEST_PROVISION_ONLY:-0}" == 1 ]]; then
 fi
 
 # ---- Checks and tests -------------------------------------------------------
-log "cargo fmt --check"
+# Cargo prints its own progress (a bar on a terminal, one line per crate otherwise). On a
+# fresh checkout with 2 cores, clippy takes about 4 minutes and building the tests about
+# 4 more; later runs take seconds to build.
+phase "cargo fmt --check"
 cargo fmt --all -- --check
-log "cargo clippy"
-cargo clippy --all-targets --quiet -- -D warnings
-log "tests"
+phase "cargo clippy" "cargo clippy --all-targets (a first run compiles every dependency: minutes)"
+cargo clippy --all-targets -- -D warnings
+
+# Ignored tests show as "skipped" in the summary; say which and how to run them.
+ignored=$(awk '/^[[:space:]]*#\[ignore/ { ig = 1; next }
+  ig && match($0, /fn [A-Za-z0-9_]+/) {
+    f = FILENAME; sub(/^tests\//, "", f); sub(/\.rs$/, "", f)
+    printf "%s%s::%s", sep, f, substr($0, RSTART + 3, RLENGTH - 3); sep = ", "; ig = 0 }' tests/*.rs)
+
 if cargo nextest --version >/dev/null 2>&1; then
-  # Doctests first (nextest does not run them), so the run closes on nextest's summary.
-  cargo test --doc --quiet
+  # nextest does not run doctests; run them first, when there are any (so the run still
+  # closes on nextest's summary).
+  if grep -rqsE '^[[:space:]]*//[/!].*```' src; then
+    phase "cargo test --doc"
+    cargo test --doc
+  fi
+  phase "tests" "tests (cargo nextest run; building them takes minutes the first time)"
+  if [ -n "$ignored" ]; then log "skipped on purpose (#[ignore]d timings, see README): $ignored; run them with: scripts/test.sh --run-ignored only <name>"; fi
   cargo nextest run --no-fail-fast "$@"
 else
+  phase "tests" "tests (cargo test; building them takes minutes the first time)"
+  if [ -n "$ignored" ]; then log "ignored on purpose (#[ignore]d timings, see README): $ignored; run them with: scripts/test.sh -- --ignored <name>"; fi
   cargo test --no-fail-fast "$@"
 fi

@@ -186,7 +186,8 @@ pub struct PrewarmConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     pub request_timeout_ms: u64,
-    /// `json` for machines, `pretty` for people.
+    /// `json` for machines, `pretty` for people, `auto` (the default): `pretty` when
+    /// stderr is a terminal, `json` otherwise.
     pub log_format: String,
     pub shutdown_grace_secs: u64,
 }
@@ -292,7 +293,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             request_timeout_ms: 15_000,
-            log_format: "json".into(),
+            log_format: "auto".into(),
             shutdown_grace_secs: 10,
         }
     }
@@ -454,8 +455,8 @@ impl Config {
         if self.server.request_timeout_ms == 0 {
             return bad("server.request_timeout_ms", "must be positive");
         }
-        if !matches!(self.server.log_format.as_str(), "json" | "pretty") {
-            return bad("server.log_format", "must be `json` or `pretty`");
+        if !matches!(self.server.log_format.as_str(), "auto" | "json" | "pretty") {
+            return bad("server.log_format", "must be `auto`, `json` or `pretty`");
         }
         Ok(())
     }
@@ -498,6 +499,19 @@ mod tests {
         assert!(c.uses_embedded_store());
         assert!(c.jwt_dev_mode());
         assert_eq!(c.rate_limits.profiles_read, 100);
+        assert_eq!(c.server.log_format, "auto");
+    }
+
+    #[test]
+    fn log_format_is_auto_json_or_pretty() {
+        let mut c = Config::default();
+        for f in ["auto", "json", "pretty"] {
+            c.server.log_format = f.into();
+            assert!(c.validate().is_ok(), "{f}");
+        }
+        c.server.log_format = "text".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("server.log_format"), "{e}");
     }
 
     #[test]

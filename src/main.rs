@@ -1,5 +1,6 @@
 //! The `user-api` binary: serve (default), migrate, token, seed.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -27,10 +28,14 @@ enum Command {
     /// Apply database migrations and exit.
     Migrate,
     /// Print a token signed with the dev-mode key (dev mode only).
+    ///
+    /// With `--sub`, prints the token alone (`TOKEN=$(user-api token --sub …)`). Without it,
+    /// picks a new user id and prints `ID=<uuid>` and `TOKEN=<jwt>` lines, so that
+    /// `eval "$(user-api token)"` sets both.
     Token {
-        /// The user id the token is for.
+        /// The user id the token is for; omit it for a new user (prints `ID=` and `TOKEN=`).
         #[arg(long)]
-        sub: String,
+        sub: Option<String>,
         #[arg(long, value_enum, default_value_t = RoleArg::User)]
         role: RoleArg,
         /// Lifetime, e.g. `1h`, `15m`.
@@ -94,15 +99,25 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                     "`user-api token` signs with the dev-mode key only; a key source (JWT_PUBLIC_KEY_FILE or JWKS_URL) is configured, so tokens must come from the auth service"
                 );
             }
-            let sub: UserId = sub
-                .parse()
-                .map_err(|_| anyhow::anyhow!("--sub must be a UUID"))?;
+            let (id, new_user) = match sub {
+                Some(sub) => (
+                    sub.parse::<UserId>()
+                        .map_err(|_| anyhow::anyhow!("--sub must be a UUID"))?,
+                    false,
+                ),
+                None => (UserId::random(), true),
+            };
             let role = match role {
                 RoleArg::User => Role::User,
                 RoleArg::Admin => Role::Admin,
             };
-            let token = auth::dev::sign_token_for(&config.jwt, sub, role, Duration::from(ttl))?;
-            println!("{token}");
+            let token = auth::dev::sign_token_for(&config.jwt, id, role, Duration::from(ttl))?;
+            if new_user {
+                // Shell assignments (a UUID and a JWT need no quoting): `eval "$(user-api token)"`.
+                println!("ID={id}\nTOKEN={token}");
+            } else {
+                println!("{token}");
+            }
             Ok(())
         }
         Command::Seed { count } => {
@@ -118,14 +133,13 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let dev_mode = config.jwt_dev_mode();
+    let keys_dir = config.jwt.dev_keys_dir.clone();
+    let no_redis = config.uses_embedded_store();
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let app = App::build(config).await?;
     tracing::info!(addr = %app.local_addr(), "user-api listening");
     if dev_mode {
-        let port = app.port();
-        eprintln!(
-            "\nDEV MODE: tokens are signed with a local key. Get one with:\n  TOKEN=$(cargo run --release -q -- token --sub $(cat /proc/sys/kernel/random/uuid) --role admin)\nthen: curl -H \"Authorization: Bearer $TOKEN\" http://127.0.0.1:{port}/api/profiles/me\n"
-        );
+        eprintln!("{}", dev_mode_hint(app.local_addr(), &keys_dir, no_redis));
     }
     let token = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
@@ -137,6 +151,48 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
     }
     Ok(())
+}
+
+/// What to run next, printed at start in dev mode: the README's first steps, verbatim
+/// apart from the address and the way this binary was started.
+fn dev_mode_hint(addr: SocketAddr, keys_dir: &std::path::Path, no_redis: bool) -> String {
+    let host = if addr.ip().is_loopback() || addr.ip().is_unspecified() {
+        format!("localhost:{}", addr.port())
+    } else {
+        addr.to_string()
+    };
+    let token = token_command();
+    let keys = keys_dir.display();
+    let redis = if no_redis { ", no Redis" } else { "" };
+    format!(
+        "
+DEV MODE: tokens are signed with the local key pair in {keys}/.
+The WARN lines above are expected in dev mode (no JWT key source{redis} configured).
+Try it from another terminal, in this directory (the README walks through the rest):
+  eval \"$({token})\"   # sets ID (a new user id) and TOKEN
+  curl -X POST {host}/api/profiles -H \"Authorization: Bearer $TOKEN\" \\
+       -H 'content-type: application/json' -d '{{\"name\": \"山田太郎\"}}' -w '\\n%{{http_code}}\\n'
+  curl {host}/api/profiles/$ID -H \"Authorization: Bearer $TOKEN\" -w '\\n%{{http_code}}\\n'
+"
+    )
+}
+
+/// The command that runs this binary's `token` subcommand: through cargo when it was
+/// built by cargo (same profile, so no second build), else the binary itself.
+fn token_command() -> String {
+    let exe = std::env::current_exe().ok();
+    let profile_dir = exe
+        .as_deref()
+        .and_then(|p| p.parent())
+        .and_then(|d| Some((d.file_name()?.to_str()?, d.parent()?.file_name()?)));
+    match profile_dir {
+        Some(("release", target)) if target == "target" => "cargo run --release -q -- token".into(),
+        Some(("debug", target)) if target == "target" => "cargo run -q -- token".into(),
+        _ => match exe {
+            Some(p) => format!("{} token", p.display()),
+            None => "user-api token".into(),
+        },
+    }
 }
 
 async fn shutdown_signal() {

@@ -1,23 +1,38 @@
 //! Logging and the metrics recorder, each installed once per process.
 
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-/// Installs the tracing subscriber (`RUST_LOG`, default `info`) on stderr; JSON or human-readable.
+/// Installs the tracing subscriber (`RUST_LOG`, default `info`) on stderr; JSON or
+/// human-readable (`server.log_format`: `json`, `pretty`, or `auto` for `pretty` on a
+/// terminal and `json` otherwise).
 pub fn init_logging(format: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let terminal = std::io::stderr().is_terminal();
     // stderr, so that `TOKEN=$(user-api token …)` captures the token and nothing else.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(terminal)
         .with_writer(std::io::stderr);
-    let _ = if format == "json" {
+    let _ = if resolve_log_format(format, terminal) == "json" {
         builder.json().flatten_event(true).try_init()
     } else {
         builder.try_init()
     };
+}
+
+/// The format `init_logging` uses: `auto` becomes `pretty` on a terminal, `json` elsewhere;
+/// an explicit `json` or `pretty` always wins.
+pub fn resolve_log_format(format: &str, stderr_is_terminal: bool) -> &str {
+    match format {
+        "auto" if stderr_is_terminal => "pretty",
+        "auto" => "json",
+        other => other,
+    }
 }
 
 /// The process-wide Prometheus recorder (tests start several apps in one process).

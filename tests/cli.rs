@@ -19,7 +19,12 @@ fn free_port() -> u16 {
 }
 
 fn cmd(dir: &Path) -> Command {
-    let mut c = Command::new(BIN);
+    cmd_of(BIN, dir)
+}
+
+/// `program` in `dir`, with none of the outer environment's stores or key sources.
+fn cmd_of(program: &str, dir: &Path) -> Command {
+    let mut c = Command::new(program);
     c.current_dir(dir);
     for var in [
         "DATABASE_URL",
@@ -28,6 +33,8 @@ fn cmd(dir: &Path) -> Command {
         "JWT_PUBLIC_KEY_FILE",
         "JWKS_URL",
         "USER_API_CONFIG",
+        "USER_API__SERVER__LOG_FORMAT",
+        "RUST_LOG",
     ] {
         c.env_remove(var);
     }
@@ -74,25 +81,9 @@ async fn dev_mode_quick_start_and_no_pii_in_logs() {
     );
     assert!(dir.join("data/dev-keys/private.pem").exists());
 
-    let id = uuid::Uuid::new_v4().to_string();
-    // stdout carries the token alone (logs go to stderr): `TOKEN=$(user-api token …)`.
-    let out = cmd(&dir)
-        .args(["token", "--sub", &id, "--role", "user"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .split('.')
-            .count(),
-        3
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    // As the README and the start-up hint do it: `eval "$(user-api token)"` sets ID and TOKEN
+    // (stdout carries only those lines; logs go to stderr).
+    let (id, token) = eval_new_user(&dir, &[]);
 
     let pii = json!({"email": "pii.person@example.com", "phone": "090-9876-5432",
                      "address": "秘密の住所 1-2-3", "date_of_birth": "1985-05-17", "name": "N"});
@@ -157,6 +148,22 @@ async fn dev_mode_quick_start_and_no_pii_in_logs() {
         .read_to_string(&mut logs)
         .unwrap();
     assert!(logs.contains("DEV MODE"), "dev mode is announced loudly");
+    // The hint is the README's sequence: a new user from `token`, then a create; never a
+    // `/me` that answers 404 on a fresh start, never a Linux-only uuid source.
+    assert!(
+        logs.contains("eval \"$(") && logs.contains(" token)\"   # sets ID"),
+        "{logs}"
+    );
+    assert!(logs.contains(&format!("curl -X POST localhost:{port}/api/profiles")));
+    assert!(logs.contains(&format!("curl localhost:{port}/api/profiles/$ID")));
+    assert!(
+        !logs.contains("/proc/sys") && !logs.contains("/api/profiles/me"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("The WARN lines above are expected in dev mode"),
+        "the dev-mode warnings are explained: {logs}"
+    );
     assert!(
         logs.contains("in-process store"),
         "embedded store is announced"
@@ -257,4 +264,164 @@ fn token_on_a_fresh_machine_prints_only_the_token() {
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert_eq!(stdout.trim().split('.').count(), 3, "{stdout}");
     assert!(dir.join("data/dev-keys/private.pem").exists());
+}
+
+/// Runs `eval "$(user-api token <args>)"` in a shell, as the README does, and returns the
+/// `ID` and `TOKEN` it set.
+fn eval_new_user(dir: &Path, args: &[&str]) -> (String, String) {
+    let out = cmd_of("sh", dir)
+        .args([
+            "-c",
+            r#"eval "$("$0" token "$@")" && printf '%s\n%s\n' "$ID" "$TOKEN""#,
+            BIN,
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let (id, token) = stdout.trim().split_once('\n').expect("two lines");
+    (id.to_owned(), token.to_owned())
+}
+
+fn jwt_claims(token: &str) -> Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT has three parts");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[test]
+fn token_without_sub_prints_a_new_user_for_eval() {
+    let dir = tempdir();
+    let out = cmd(&dir)
+        .args(["token", "--role", "admin"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    let id = lines[0].strip_prefix("ID=").expect(&stdout);
+    let token = lines[1].strip_prefix("TOKEN=").expect(&stdout);
+    let parsed = uuid::Uuid::parse_str(id).unwrap();
+    assert_eq!(parsed.hyphenated().to_string(), id, "canonical lowercase");
+    let claims = jwt_claims(token);
+    assert_eq!(claims["sub"], id);
+    assert_eq!(claims["role"], "admin");
+
+    // Through a shell, as the README uses it; each call is a new user.
+    let (id1, token1) = eval_new_user(&dir, &[]);
+    let (id2, _) = eval_new_user(&dir, &["--role", "user"]);
+    assert_ne!(id1, id2);
+    assert_ne!(id1, id);
+    assert_eq!(jwt_claims(&token1)["sub"], id1);
+    assert_eq!(jwt_claims(&token1)["role"], "user");
+}
+
+/// Lines of `user-api token --sub …` on a fresh directory: it generates the dev key pair
+/// and logs a WARN about it, so there is always a log line to look at.
+fn first_token_logs(mut c: Command) -> String {
+    let out = c
+        .args(["token", "--sub", &uuid::Uuid::new_v4().to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut text = String::from_utf8(out.stdout).unwrap();
+    text.push_str(&String::from_utf8(out.stderr).unwrap());
+    text
+}
+
+fn is_json_log_line(line: &str) -> bool {
+    serde_json::from_str::<Value>(line.trim()).is_ok_and(|v| v["level"].is_string())
+}
+
+#[test]
+fn logs_are_json_when_not_on_a_terminal_unless_configured() {
+    // stderr is a pipe here: JSON, one object a line.
+    let out = first_token_logs(cmd(&tempdir()));
+    let warn = out
+        .lines()
+        .find(|l| l.contains("generated a new DEV MODE key pair"))
+        .unwrap_or_else(|| panic!("no key-pair warning: {out}"));
+    assert!(is_json_log_line(warn), "{warn}");
+    // An explicit choice wins over the pipe.
+    let mut c = cmd(&tempdir());
+    c.env("USER_API__SERVER__LOG_FORMAT", "pretty");
+    let out = first_token_logs(c);
+    let warn = out
+        .lines()
+        .find(|l| l.contains("generated a new DEV MODE key pair"))
+        .unwrap_or_else(|| panic!("no key-pair warning: {out}"));
+    assert!(!is_json_log_line(warn) && warn.contains("WARN"), "{warn}");
+    assert!(
+        !warn.contains('\u{1b}'),
+        "no colour codes into a pipe: {warn:?}"
+    );
+}
+
+/// `script` (util-linux) runs the binary on a pseudo-terminal: what a person sees.
+fn on_a_terminal(dir: &Path, env: &[(&str, &str)]) -> Option<Command> {
+    let util_linux = Command::new("script")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("util-linux"));
+    if !util_linux {
+        eprintln!("skipped: needs util-linux `script` to provide a terminal");
+        return None;
+    }
+    let mut c = cmd_of("script", dir);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    // `script -c` runs a shell command (the binary's path passed in the environment).
+    c.env("USER_API_BIN", BIN).args([
+        "-q",
+        "-e",
+        "-c",
+        r#""$USER_API_BIN" token --sub 6f1f4a8e-0b8e-4c55-9d1c-2f0a3c1b7e21"#,
+        "/dev/null",
+    ]);
+    Some(c)
+}
+
+#[test]
+fn logs_are_readable_on_a_terminal_unless_configured() {
+    let Some(mut c) = on_a_terminal(&tempdir(), &[]) else {
+        return;
+    };
+    let out = c.stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let warn = text
+        .lines()
+        .find(|l| l.contains("generated a new DEV MODE key pair"))
+        .unwrap_or_else(|| panic!("no key-pair warning: {text}"));
+    assert!(!is_json_log_line(warn) && warn.contains("WARN"), "{warn}");
+
+    let Some(mut c) = on_a_terminal(&tempdir(), &[("USER_API__SERVER__LOG_FORMAT", "json")]) else {
+        return;
+    };
+    let out = c.stdin(Stdio::null()).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let warn = text
+        .lines()
+        .find(|l| l.contains("generated a new DEV MODE key pair"))
+        .unwrap_or_else(|| panic!("no key-pair warning: {text}"));
+    assert!(
+        is_json_log_line(warn),
+        "an explicit json wins on a terminal: {warn}"
+    );
 }
