@@ -55,6 +55,11 @@ enum RoleArg {
     Admin,
 }
 
+/// mimalloc: the hot path allocates a little per request across two worker threads, where
+/// glibc malloc spent about a sixth of the CPU (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // reqwest and sqlx both use rustls; one provider must be chosen before any TLS.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

@@ -39,8 +39,8 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
 ///
 /// Requests that fail authentication count against their client address (SPEC 5); an
 /// address over its limit is refused here, before any signature is checked, except for
-/// tokens already verified from that address (so a flood does not lock out the honest
-/// callers behind the same address, and a blocked address learns nothing new).
+/// tokens this instance already verified (so a flood does not lock out the honest callers
+/// behind the same address, and a blocked address learns nothing new).
 pub async fn authenticate(
     State(state): State<AppState>,
     mut req: Request,
@@ -52,11 +52,7 @@ pub async fn authenticate(
     if let Some(ip) = address
         && let Some(blocked) = limiter.blocked(ip)
     {
-        match token
-            .as_deref()
-            .ok()
-            .and_then(|t| limiter.known_caller(ip, t))
-        {
+        match token.as_deref().ok().and_then(|t| state.auth.remembered(t)) {
             Some(caller) => {
                 req.extensions_mut().insert(caller);
                 return next.run(req).await;
@@ -70,9 +66,6 @@ pub async fn authenticate(
     };
     match caller {
         Ok(caller) => {
-            if let (Some(ip), Ok(token)) = (address, &token) {
-                limiter.remember_caller(ip, token, &caller);
-            }
             if let Some(iat) = caller.issued_at {
                 state.logins.observe(caller.user_id, iat);
             }

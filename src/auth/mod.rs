@@ -329,6 +329,15 @@ impl Authenticator {
         self.verify_fully(token, digest).await
     }
 
+    /// The caller of a token that already passed a full check (before its `exp`, under
+    /// the current keys), without checking a signature: what a blocked address may still
+    /// use, since a token seen valid before is not a guess.
+    pub fn remembered(&self, token: &str) -> Option<Caller> {
+        let v = self.inner.verified.get(&token_digest(token.trim()))?;
+        (Utc::now().timestamp() < v.exp && v.key_generation == self.key_generation())
+            .then_some(v.caller)
+    }
+
     /// Changes whenever the verification keys change (a JWKS refetch).
     fn key_generation(&self) -> u64 {
         match &self.inner.source {

@@ -27,9 +27,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use crate::auth::Caller;
 use crate::config::{FailMode, RateLimitConfig};
 use crate::domain::UserId;
 use crate::redis::{RedisClient, StoreError};
@@ -94,8 +92,6 @@ enum Fallback {
 
 /// Most addresses remembered as over their limit before expired ones are swept.
 const MAX_BLOCKED: usize = 100_000;
-/// Most (address, token) pairs remembered as valid.
-const MAX_KNOWN_CALLERS: u64 = 100_000;
 /// Store failures are logged at most this often (every one is counted in metrics).
 const LOG_EVERY_MS: u64 = 10_000;
 
@@ -107,8 +103,6 @@ struct Inner {
     local: MemoryStore,
     /// Addresses over their per-address limit → end of their window (Unix ms).
     blocked: RwLock<HashMap<IpAddr, u64>>,
-    /// SHA-256(address, token) of tokens verified from that address → caller and `exp`.
-    known: moka::sync::Cache<[u8; 32], (Caller, i64)>,
     last_error_log_ms: AtomicU64,
 }
 
@@ -130,17 +124,12 @@ impl std::fmt::Debug for Limiter {
 impl Limiter {
     /// A limiter over `redis` (the app's one shared client) or, without it, in process.
     pub fn new(config: &RateLimitConfig, redis: Option<RedisClient>) -> Self {
-        let window = Duration::from_secs(config.window_secs.max(1));
         Self {
             inner: Arc::new(Inner {
                 config: config.clone(),
                 redis: redis.map(RedisStore::new),
                 local: MemoryStore::default(),
                 blocked: RwLock::new(HashMap::new()),
-                known: moka::sync::Cache::builder()
-                    .max_capacity(MAX_KNOWN_CALLERS)
-                    .time_to_live(window)
-                    .build(),
                 last_error_log_ms: AtomicU64::new(0),
             }),
         }
@@ -264,29 +253,6 @@ impl Limiter {
         decision
     }
 
-    /// Remembers that `token` was verified as `caller` when sent from `address`, so that
-    /// this caller keeps working from that address should it later be blocked (other
-    /// callers behind the same address, say a NAT, are not punished for a flood).
-    pub fn remember_caller(&self, address: IpAddr, token: &str, caller: &Caller) {
-        let key = fingerprint(address, token);
-        if self.inner.known.contains_key(&key) {
-            return;
-        }
-        // The bytes were verified just now, so reading `exp` without verifying is sound.
-        let exp = jsonwebtoken::dangerous::insecure_decode_claims::<serde_json::Value>(token)
-            .ok()
-            .and_then(|claims| claims.get("exp").and_then(serde_json::Value::as_f64));
-        if let Some(exp) = exp {
-            self.inner.known.insert(key, (caller.clone(), exp as i64));
-        }
-    }
-
-    /// The caller of a token already verified from `address`, while it has not expired.
-    pub fn known_caller(&self, address: IpAddr, token: &str) -> Option<Caller> {
-        let (caller, exp) = self.inner.known.get(&fingerprint(address, token))?;
-        (chrono::Utc::now().timestamp() < exp).then_some(caller)
-    }
-
     fn now(&self) -> (u64, Window) {
         let now = window::now_ms();
         (now, Window::at(now, self.inner.config.window_secs))
@@ -355,17 +321,6 @@ impl Limiter {
     }
 }
 
-/// A digest of the address and the token: nothing secret is kept in memory.
-fn fingerprint(address: IpAddr, token: &str) -> [u8; 32] {
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    ctx.update(address.to_string().as_bytes());
-    ctx.update(b"\n");
-    ctx.update(token.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,53 +378,5 @@ mod tests {
         let d = limiter.blocked(ip).expect("remembered");
         assert_eq!((d.policy, d.remaining()), (Policy::PerAddress, 0));
         assert!(limiter.blocked("192.0.2.8".parse().unwrap()).is_none());
-    }
-
-    #[test]
-    fn known_callers_are_per_address_and_expire() {
-        let limiter = Limiter::new(&config(3, 2), None);
-        let ip: IpAddr = "192.0.2.7".parse().unwrap();
-        let caller = Caller {
-            user_id: UserId::random(),
-            is_admin: false,
-            issued_at: None,
-        };
-        let now = chrono::Utc::now().timestamp();
-        let live = fake_jwt(now + 60);
-        let dead = fake_jwt(now - 1);
-        limiter.remember_caller(ip, &live, &caller);
-        limiter.remember_caller(ip, &dead, &caller);
-        assert_eq!(limiter.known_caller(ip, &live), Some(caller));
-        assert_eq!(limiter.known_caller(ip, &dead), None);
-        assert_eq!(
-            limiter.known_caller("192.0.2.8".parse().unwrap(), &live),
-            None
-        );
-    }
-
-    fn fake_jwt(exp: i64) -> String {
-        use aws_lc_rs::rand::SecureRandom;
-        let b64 = |v: &[u8]| {
-            const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-            let mut out = String::new();
-            for chunk in v.chunks(3) {
-                let n = chunk
-                    .iter()
-                    .enumerate()
-                    .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-                for i in 0..=chunk.len() {
-                    out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                }
-            }
-            out
-        };
-        let mut sig = [0u8; 16];
-        aws_lc_rs::rand::SystemRandom::new().fill(&mut sig).unwrap();
-        format!(
-            "{}.{}.{}",
-            b64(br#"{"alg":"RS256","typ":"JWT"}"#),
-            b64(format!(r#"{{"exp":{exp}}}"#).as_bytes()),
-            b64(&sig)
-        )
     }
 }
