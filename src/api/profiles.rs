@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -12,7 +12,7 @@ use super::extract::{JsonBody, Subject, authorize};
 use crate::auth::Caller;
 use crate::domain::{ProfileInput, ProfilePatchInput, UserId};
 use crate::error::ApiError;
-use crate::service::Prefetched;
+use crate::service::{Prefetched, ProfileJson};
 use crate::state::AppState;
 
 /// Routes of this resource.
@@ -32,11 +32,21 @@ async fn read(
     state: &AppState,
     id: UserId,
     prefetched: Option<Prefetched>,
-) -> Result<Json<ProfileRead>, ApiError> {
-    let found = state.profiles.get(id, prefetched).await?;
-    found
-        .map(|l| Json(l.into()))
-        .ok_or(ApiError::NotFound("Profile not found"))
+) -> Result<Response, ApiError> {
+    match state.profiles.get_json(id, prefetched).await? {
+        // The cached entry is the profile object of a hit, `cached_at` included.
+        Some(ProfileJson::Cached { entry, cached_at }) => {
+            let mut body = String::with_capacity(entry.len() + cached_at.len() + 48);
+            body.push_str("{\"profile\":");
+            body.push_str(&entry);
+            body.push_str(",\"cached\":true,\"cached_at\":\"");
+            body.push_str(&cached_at);
+            body.push_str("\"}");
+            Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+        }
+        Some(ProfileJson::Read(lookup)) => Ok(Json(ProfileRead::from(lookup)).into_response()),
+        None => Err(ApiError::NotFound("Profile not found")),
+    }
 }
 
 /// Reads a profile (cache-aside).
@@ -49,7 +59,7 @@ pub async fn get_profile(
     State(state): State<AppState>,
     Subject(id): Subject,
     prefetched: Option<Extension<Prefetched>>,
-) -> Result<Json<ProfileRead>, ApiError> {
+) -> Result<Response, ApiError> {
     read(&state, id, prefetched.map(|Extension(p)| p)).await
 }
 
@@ -61,7 +71,7 @@ pub async fn get_me(
     State(state): State<AppState>,
     Subject(me): Subject,
     prefetched: Option<Extension<Prefetched>>,
-) -> Result<Json<ProfileRead>, ApiError> {
+) -> Result<Response, ApiError> {
     read(&state, me, prefetched.map(|Extension(p)| p)).await
 }
 

@@ -61,6 +61,52 @@ struct ProfileIn {
     cached_at: DateTime<Utc>,
 }
 
+/// The shape of a whole profile entry, checked without building a `Profile`: every field
+/// present with a JSON type a profile allows, nothing else. Strings are borrowed.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // Read only to check the shape.
+struct ProfileEntryShape<'a> {
+    #[serde(borrow)]
+    user_id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    first_name: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    last_name: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    name: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    email: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    phone: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    address: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    date_of_birth: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    last_login: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    created_at: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    updated_at: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    cached_at: std::borrow::Cow<'a, str>,
+}
+
+/// A cached profile entry of `id` that can be served as it is (the profile JSON with
+/// `cached_at`, exactly what a hit's `"profile"` shows): its `cached_at`, parsed and as
+/// written. `None` for anything else (another writer's format, another user's profile).
+pub fn profile_entry(raw: &str, id: UserId) -> Option<(DateTime<Utc>, String)> {
+    let shape: ProfileEntryShape<'_> = serde_json::from_str(raw).ok()?;
+    if shape.user_id.parse::<UserId>().ok()? != id {
+        return None;
+    }
+    let at = DateTime::parse_from_rfc3339(&shape.cached_at)
+        .ok()?
+        .to_utc();
+    Some((at, shape.cached_at.into_owned()))
+}
+
 #[derive(Serialize, Deserialize)]
 struct DocumentEntry {
     data: JsonObject,
@@ -140,5 +186,53 @@ mod tests {
         d.insert("theme".into(), serde_json::json!("dark"));
         let raw = d.encode(at).unwrap();
         assert_eq!(JsonObject::decode(&raw), Some((d, at)));
+    }
+
+    #[test]
+    fn profile_entries_are_checked_before_they_are_served_as_they_are() {
+        let p = Profile {
+            user_id: UserId::random(),
+            first_name: Some("tab\there \"q\"".into()),
+            last_name: None,
+            name: None,
+            email: None,
+            phone: None,
+            address: None,
+            date_of_birth: None,
+            last_login: None,
+            created_at: now_millis(),
+            updated_at: now_millis(),
+        };
+        let at = now_millis();
+        let raw = p.encode(at).unwrap();
+        let (parsed, text) = profile_entry(&raw, p.user_id).expect("our own entry");
+        assert_eq!(parsed, at);
+        assert_eq!(text, crate::domain::timestamp::format(&at));
+        assert_eq!(
+            profile_entry(&raw, UserId::random()),
+            None,
+            "another user's"
+        );
+        let mut v: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        v["first_name"] = serde_json::json!(5);
+        assert_eq!(
+            profile_entry(&v.to_string(), p.user_id),
+            None,
+            "a wrong type"
+        );
+        v["first_name"] = serde_json::json!(null);
+        v["extra"] = serde_json::json!(1);
+        assert_eq!(
+            profile_entry(&v.to_string(), p.user_id),
+            None,
+            "an unknown field"
+        );
+        v.as_object_mut().unwrap().remove("extra");
+        v.as_object_mut().unwrap().remove("updated_at");
+        assert_eq!(
+            profile_entry(&v.to_string(), p.user_id),
+            None,
+            "a missing field"
+        );
     }
 }

@@ -40,7 +40,7 @@ use crate::db::InvalidationScope;
 use crate::domain::UserId;
 use crate::redis::{RedisClient, StoreError};
 
-pub use entry::{Cached, entry_ttl, now_millis};
+pub use entry::{Cached, entry_ttl, now_millis, profile_entry};
 pub use keys::{EntryKeys, Kind, document_key, keys_for, kinds_for, profile_key};
 pub use memory::MemoryStore;
 pub use redis_store::RedisStore;

@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 
 use super::flight::Flights;
 use super::{BatchOutcome, Lookup, ProfileService, count_query, dedupe};
-use crate::cache::{Cached, Fill, FillContent, Kind, MAX_FILL_DELAY, Observed};
+use crate::cache::{Cached, Fill, FillContent, Kind, MAX_FILL_DELAY, Observed, profile_entry};
 use crate::db::{DbError, Repo};
 use crate::domain::{JsonObject, Profile, UserId};
 use crate::ratelimit::{Decision, LimitError, Limiter, Policy};
@@ -22,6 +22,15 @@ pub struct Prefetched {
     pub observed: Observed,
     /// When it was made: fills are skipped once it is `MAX_FILL_DELAY` old.
     pub at: Instant,
+}
+
+/// A profile as the profile routes answer it.
+#[derive(Debug, Clone)]
+pub enum ProfileJson {
+    /// A hit: the cached entry (the profile JSON with `cached_at`) and its `cached_at`.
+    Cached { entry: String, cached_at: String },
+    /// Decoded: read from the database, or a cached entry in another writer's format.
+    Read(Lookup<Profile>),
 }
 
 /// The in-process single flights of database reads, one set per value kind.
@@ -119,6 +128,55 @@ impl ProfileService {
         prefetched: Option<Prefetched>,
     ) -> Result<Option<Lookup<Profile>>, DbError> {
         self.read::<Profile>(Kind::Profile, id, prefetched).await
+    }
+
+    /// One profile as the profile routes answer it: a hit is served as the cached JSON
+    /// itself (checked, never decoded and encoded again), a miss as read.
+    pub async fn get_json(
+        &self,
+        id: UserId,
+        prefetched: Option<Prefetched>,
+    ) -> Result<Option<ProfileJson>, DbError> {
+        let cache = &self.cache;
+        let prefetched = match prefetched {
+            Some(p) => Some(p),
+            None if cache.may_read() => match cache.observe(Kind::Profile, id).await {
+                Ok(observed) => Some(Prefetched {
+                    observed,
+                    at: Instant::now(),
+                }),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cache read failed; reading the database");
+                    cache.count_misses(1);
+                    count_query("fetch");
+                    return Ok(self.repo.fetch(id).await?.map(|value| {
+                        ProfileJson::Read(Lookup {
+                            value,
+                            cached_at: None,
+                        })
+                    }));
+                }
+            },
+            None => None,
+        };
+        if let Some(p) = &prefetched
+            && cache.may_read()
+            && let Some(raw) = &p.observed.entry
+            && let Some((cached_at, cached_at_text)) = profile_entry(raw, id)
+        {
+            cache.count_hits(1);
+            if cache.needs_refresh(id, cached_at) {
+                self.refresh_ahead::<Profile>(Kind::Profile, id, p.observed.state.clone(), p.at);
+            }
+            return Ok(Some(ProfileJson::Cached {
+                entry: raw.clone(),
+                cached_at: cached_at_text,
+            }));
+        }
+        Ok(self
+            .read::<Profile>(Kind::Profile, id, prefetched)
+            .await?
+            .map(ProfileJson::Read))
     }
 
     /// A settings or preferences document, cache-aside; `None` when there is no profile.
