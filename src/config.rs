@@ -147,6 +147,13 @@ pub struct PrewarmConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
+    /// Longest time from the accept (or a request's first byte) until its head is complete.
+    pub header_read_timeout_ms: u64,
+    /// Longest time a connection may sit idle between requests.
+    pub keep_alive_timeout_ms: u64,
+    /// Most connections open at once; at the cap, new ones wait in the backlog.
+    pub max_connections: usize,
+    /// Longest time a request may take once its head is in.
     pub request_timeout_ms: u64,
     /// `json` for machines, `pretty` for people.
     pub log_format: String,
@@ -251,6 +258,9 @@ impl Default for PrewarmConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
+            header_read_timeout_ms: 10_000,
+            keep_alive_timeout_ms: 30_000,
+            max_connections: 10_000,
             request_timeout_ms: 15_000,
             log_format: "json".into(),
             shutdown_grace_secs: 10,
@@ -401,6 +411,21 @@ impl Config {
         }
         if self.prewarm.batch_size == 0 {
             return bad("prewarm.batch_size", "must be at least 1");
+        }
+        for (key, v) in [
+            (
+                "server.header_read_timeout_ms",
+                self.server.header_read_timeout_ms,
+            ),
+            (
+                "server.keep_alive_timeout_ms",
+                self.server.keep_alive_timeout_ms,
+            ),
+            ("server.max_connections", self.server.max_connections as u64),
+        ] {
+            if v == 0 {
+                return bad(key, "must be positive");
+            }
         }
         if self.server.request_timeout_ms == 0 {
             return bad("server.request_timeout_ms", "must be positive");

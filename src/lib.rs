@@ -13,6 +13,7 @@ pub mod error;
 pub mod ratelimit;
 pub mod redis;
 pub mod seed;
+pub mod server;
 pub mod service;
 pub mod state;
 pub mod telemetry;
@@ -145,13 +146,9 @@ impl App {
     }
 
     /// Serves until the shutdown token is cancelled; in-flight requests finish first.
+    /// Connections run under the `[server]` limits (see [`server`]).
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let token = self.shutdown.clone();
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, service)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await
+        let limits = server::ConnLimits::from_config(&self.state.config.server);
+        server::serve(self.listener, self.router, limits, self.shutdown).await
     }
 }

@@ -6,6 +6,7 @@ mod batch;
 mod compat;
 mod documents;
 mod dto;
+mod edge;
 mod extract;
 mod layers;
 mod ops;
@@ -68,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("Not found") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(edge::refuse_oversized_body))
         .layer(from_fn_with_state(state.clone(), layers::bound_request))
         .layer(from_fn_with_state(state.clone(), layers::record_metrics))
         .layer(tower_http::trace::TraceLayer::new_for_http())
