@@ -10,6 +10,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::ratelimit::address::Cidr;
+
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -108,8 +110,11 @@ pub struct RateLimitConfig {
     pub per_address: u64,
     /// `RATE_LIMIT_FAIL`.
     pub fail: FailMode,
-    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
+    /// Treat every peer as a trusted proxy (the client is then the right-most
+    /// `X-Forwarded-For` entry not in `trusted_proxies`). Prefer `trusted_proxies`.
     pub trust_forwarded_for: bool,
+    /// `TRUSTED_PROXIES`: proxies (CIDRs) whose `X-Forwarded-For` entries are believed.
+    pub trusted_proxies: Vec<Cidr>,
     /// Window length; an hour in production, shorter only in tests.
     pub window_secs: u64,
 }
@@ -226,6 +231,7 @@ impl Default for RateLimitConfig {
             per_address: 1000,
             fail: FailMode::Open,
             trust_forwarded_for: false,
+            trusted_proxies: Vec::new(),
             window_secs: 3600,
         }
     }
@@ -312,6 +318,14 @@ impl Config {
                 .filter(|s| !s.is_empty())
                 .collect();
             fig = fig.merge(("redis_cluster_urls", urls));
+        }
+        if let Some(v) = env("TRUSTED_PROXIES") {
+            let list: Vec<String> = v
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+            fig = fig.merge(("rate_limits.trusted_proxies", list));
         }
         if let Some(v) = env("PREWARM") {
             let on = !matches!(
@@ -524,5 +538,15 @@ mod tests {
         assert!(e.contains("ttl_secs"), "{e}");
         std::fs::write(&f, "[cache]\nttl = 5\n").unwrap();
         assert!(load(&[("USER_API_CONFIG", f.to_str().unwrap())]).is_err());
+    }
+
+    #[test]
+    fn trusted_proxies_parse_from_env_and_name_the_key() {
+        let c = load(&[("TRUSTED_PROXIES", "10.0.0.0/8, 2001:db8::/32,192.0.2.1")]).unwrap();
+        assert_eq!(c.rate_limits.trusted_proxies.len(), 3);
+        let e = load(&[("TRUSTED_PROXIES", "10.0.0.0/99")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trusted_proxies"), "{e}");
     }
 }

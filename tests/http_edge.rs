@@ -391,6 +391,64 @@ async fn a_declared_huge_body_is_413_at_once() {
     }
 }
 
+/// A request with `X-Forwarded-For` and a bad token, so it counts against an address.
+async fn bad_token_from(app: &TestApp, xff: &str) -> Resp {
+    let mut s = connect(app).await;
+    let req = format!(
+        "GET /api/profiles/me HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer nope\r\nX-Forwarded-For: {xff}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    read_response(&mut s, Duration::from_secs(3)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_a_spoofed_first_entry_changes_nothing() {
+    let mut c = edge_config().await;
+    c.rate_limits.per_address = 2;
+    // The test client (127.0.0.1) plays the proxy.
+    c.rate_limits.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    let app = TestApp::spawn_with(c).await;
+    // The client 203.0.113.9 rotates the first entry; the proxy appends the real address.
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let r = bad_token_from(&app, &format!("198.51.100.{i}, 203.0.113.9")).await;
+        statuses.push(r.status);
+    }
+    assert_eq!(
+        statuses,
+        [401, 401, 429, 429],
+        "the spoofed entries escaped the limit"
+    );
+    // Another real client behind the same proxy is not affected.
+    assert_eq!(bad_token_from(&app, "203.0.113.10").await.status, 401);
+    // A chain through a second trusted hop still finds the client.
+    assert_eq!(
+        bad_token_from(&app, "203.0.113.9, 127.0.0.2").await.status,
+        429
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_peer_cannot_choose_its_address() {
+    let mut c = edge_config().await;
+    c.rate_limits.per_address = 2;
+    c.rate_limits.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+    let app = TestApp::spawn_with(c).await;
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        statuses.push(
+            bad_token_from(&app, &format!("198.51.100.{i}"))
+                .await
+                .status,
+        );
+    }
+    assert_eq!(
+        statuses,
+        [401, 401, 429],
+        "X-Forwarded-For from an untrusted peer was believed"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_the_request_in_flight_and_closes_idle_ones() {
     let app = TestApp::spawn_with(edge_config().await).await;

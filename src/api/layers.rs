@@ -43,7 +43,7 @@ pub async fn authenticate(
     next: Next,
 ) -> Response<Body> {
     let limiter = &state.limiter;
-    let address = ratelimit::middleware::client_address(&req, limiter.config().trust_forwarded_for);
+    let address = ratelimit::address::client_address(&req, limiter.config());
     let token = bearer_token(req.headers()).map(str::to_owned);
     if let Some(ip) = address
         && let Some(blocked) = limiter.blocked(ip)

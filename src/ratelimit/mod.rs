@@ -16,6 +16,7 @@
 //! The HTTP side (headers, the axum middleware) lives in [`headers`] and [`middleware`];
 //! everything else here knows nothing of HTTP.
 
+pub mod address;
 pub mod headers;
 pub mod memory;
 pub mod middleware;
