@@ -27,8 +27,11 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// `USER_API_ADDR`.
+    /// `USER_API_ADDR`. Default `0.0.0.0:8001`, or `127.0.0.1:8001` in dev mode.
     pub addr: SocketAddr,
+    /// `USER_API_DEV_MODE=1`: dev mode (no key source) is wanted even on a non-loopback
+    /// address or with PostgreSQL.
+    pub dev_mode: bool,
     /// `DATABASE_URL`: `postgres://…` or `sqlite://path`.
     pub database_url: String,
     /// `REDIS_URL`: a single Redis node.
@@ -169,6 +172,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             addr: "0.0.0.0:8001".parse().expect("static address"),
+            dev_mode: false,
             database_url: "sqlite://data/user-api.db".into(),
             redis_url: None,
             redis_cluster_urls: Vec::new(),
@@ -274,6 +278,17 @@ impl Default for ServerConfig {
     }
 }
 
+/// The key-source variables: set but empty is an error, never dev mode.
+const KEY_SOURCES: &[&str] = &["JWT_PUBLIC_KEY_FILE", "JWKS_URL"];
+
+/// `0`, `false`, `off`, `no` (any case) are false; anything else is true.
+fn parse_flag(v: &str) -> bool {
+    !matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "0" | "false" | "off" | "no"
+    )
+}
+
 /// Plain environment variables of SPEC section 1 and the config key each sets.
 const PLAIN_ENV: &[(&str, &str)] = &[
     ("USER_API_ADDR", "addr"),
@@ -294,7 +309,8 @@ impl Config {
 
     /// Loads with `env` standing in for the process environment (testable).
     pub fn load_from(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        // What the operator set, without the defaults (to tell a chosen address from the default).
+        let mut fig = Figment::new();
         if let Some(path) = env("USER_API_CONFIG").filter(|p| !p.is_empty()) {
             if !std::path::Path::new(&path).is_file() {
                 return Err(ConfigError::Invalid {
@@ -307,9 +323,21 @@ impl Config {
         // Only real process variables carry the prefixed form; tests pass plain keys.
         fig = fig.merge(Env::prefixed("USER_API__").split("__"));
         for (var, key) in PLAIN_ENV {
-            if let Some(v) = env(var).filter(|v| !v.is_empty()) {
-                fig = fig.merge((*key, v));
+            match env(var) {
+                // An empty key source would silently mean dev mode: refuse it.
+                Some(v) if v.trim().is_empty() && KEY_SOURCES.contains(var) => {
+                    return Err(ConfigError::Invalid {
+                        key: var,
+                        reason: "is set but empty; unset it (dev mode) or name the key source"
+                            .into(),
+                    });
+                }
+                Some(v) if !v.is_empty() => fig = fig.merge((*key, v)),
+                _ => {}
             }
+        }
+        if let Some(v) = env("USER_API_DEV_MODE") {
+            fig = fig.merge(("dev_mode", parse_flag(&v)));
         }
         if let Some(v) = env("REDIS_CLUSTER_URLS").filter(|v| !v.trim().is_empty()) {
             let urls: Vec<String> = v
@@ -328,13 +356,17 @@ impl Config {
             fig = fig.merge(("rate_limits.trusted_proxies", list));
         }
         if let Some(v) = env("PREWARM") {
-            let on = !matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "0" | "false" | "off" | "no"
-            );
-            fig = fig.merge(("prewarm.enabled", on));
+            fig = fig.merge(("prewarm.enabled", parse_flag(&v)));
         }
-        let config: Config = fig.extract().map_err(Box::new)?;
+        let addr_chosen = fig.find_value("addr").is_ok();
+        let mut config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(fig)
+            .extract()
+            .map_err(Box::new)?;
+        if !addr_chosen && config.jwt_dev_mode() {
+            // Dev mode listens on loopback unless told otherwise (SPEC 1).
+            config.addr = SocketAddr::from(([127, 0, 0, 1], config.addr.port()));
+        }
         config.validate()?;
         Ok(config)
     }
@@ -362,6 +394,25 @@ impl Config {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return bad("redis_url", "must start with redis:// or rediss://");
             }
+        }
+        if self
+            .jwt
+            .public_key_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return bad(
+                "jwt.public_key_file",
+                "is empty; unset it or name a PEM file",
+            );
+        }
+        if self
+            .jwt
+            .jwks_url
+            .as_ref()
+            .is_some_and(|u| u.trim().is_empty())
+        {
+            return bad("jwt.jwks_url", "is empty; unset it or name the JWKS URL");
         }
         if self.jwt.public_key_file.is_some() && self.jwt.jwks_url.is_some() {
             return bad(
@@ -459,6 +510,40 @@ impl Config {
     pub fn jwt_dev_mode(&self) -> bool {
         self.jwt.public_key_file.is_none() && self.jwt.jwks_url.is_none()
     }
+
+    /// Whether the server may start as configured: dev mode (no key source, so anyone
+    /// who can read `data/dev-keys/` can mint admin tokens) is refused on a non-loopback
+    /// address or with PostgreSQL (a shared, real database) unless it is asked for
+    /// explicitly (`USER_API_DEV_MODE=1`).
+    pub fn check_serve(&self) -> Result<(), ConfigError> {
+        if !self.jwt_dev_mode() {
+            return Ok(());
+        }
+        if self.dev_mode {
+            return Ok(());
+        }
+        if !self.addr.ip().is_loopback() {
+            return Err(ConfigError::Invalid {
+                key: "addr",
+                reason: format!(
+                    "is {}, not loopback, and no key source (JWT_PUBLIC_KEY_FILE or JWKS_URL) \
+                     is set: dev mode refuses to listen there; set a key source, listen on \
+                     127.0.0.1, or set USER_API_DEV_MODE=1 to mean it",
+                    self.addr
+                ),
+            });
+        }
+        if !self.database_url.starts_with("sqlite:") {
+            return Err(ConfigError::Invalid {
+                key: "database_url",
+                reason: "is PostgreSQL and no key source (JWT_PUBLIC_KEY_FILE or JWKS_URL) \
+                         is set: dev mode refuses a real database; set a key source, or \
+                         USER_API_DEV_MODE=1 to mean it"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl RedisConfig {
@@ -485,6 +570,10 @@ mod tests {
     fn defaults_are_valid() {
         let c = load(&[]).unwrap();
         assert_eq!(c.addr.port(), 8001);
+        assert!(
+            c.addr.ip().is_loopback(),
+            "dev mode listens on loopback by default"
+        );
         assert!(c.uses_embedded_store());
         assert!(c.jwt_dev_mode());
         assert_eq!(c.rate_limits.profiles_read, 100);
@@ -538,6 +627,51 @@ mod tests {
         assert!(e.contains("ttl_secs"), "{e}");
         std::fs::write(&f, "[cache]\nttl = 5\n").unwrap();
         assert!(load(&[("USER_API_CONFIG", f.to_str().unwrap())]).is_err());
+    }
+
+    #[test]
+    fn dev_mode_needs_loopback_sqlite_or_an_explicit_yes() {
+        // A key source: the documented 0.0.0.0 default, nothing to check.
+        let c = load(&[("JWT_PUBLIC_KEY_FILE", "/k.pem")]).unwrap();
+        assert_eq!(c.addr.to_string(), "0.0.0.0:8001");
+        assert!(c.check_serve().is_ok());
+        // No key source: loopback by default, and that may serve.
+        let c = load(&[]).unwrap();
+        assert_eq!(c.addr.to_string(), "127.0.0.1:8001");
+        assert!(c.check_serve().is_ok());
+        // An address chosen explicitly is kept, and refused unless dev mode is asked for.
+        let c = load(&[("USER_API_ADDR", "0.0.0.0:9000")]).unwrap();
+        assert_eq!(c.addr.to_string(), "0.0.0.0:9000");
+        let e = c.check_serve().unwrap_err().to_string();
+        assert!(e.contains("addr") && e.contains("USER_API_DEV_MODE"), "{e}");
+        let c = load(&[
+            ("USER_API_ADDR", "0.0.0.0:9000"),
+            ("USER_API_DEV_MODE", "1"),
+        ])
+        .unwrap();
+        assert!(c.check_serve().is_ok());
+        // PostgreSQL without a key source is refused too.
+        let c = load(&[("DATABASE_URL", "postgres://h/db")]).unwrap();
+        let e = c.check_serve().unwrap_err().to_string();
+        assert!(e.contains("database_url"), "{e}");
+        let c = load(&[
+            ("DATABASE_URL", "postgres://h/db"),
+            ("USER_API_DEV_MODE", "yes"),
+        ])
+        .unwrap();
+        assert!(c.check_serve().is_ok());
+        let c = load(&[("USER_API_ADDR", "[::1]:9000")]).unwrap();
+        assert!(c.check_serve().is_ok());
+    }
+
+    #[test]
+    fn an_empty_key_source_is_an_error_not_dev_mode() {
+        for var in ["JWT_PUBLIC_KEY_FILE", "JWKS_URL"] {
+            for v in ["", "  "] {
+                let e = load(&[(var, v)]).unwrap_err().to_string();
+                assert!(e.contains(var) && e.contains("empty"), "{var}={v:?}: {e}");
+            }
+        }
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub struct App {
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The configuration may not serve (dev mode where it is refused).
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
     #[error(transparent)]
     Db(#[from] db::DbError),
     #[error(transparent)]
@@ -71,6 +74,7 @@ pub fn pool_options(config: &Config) -> PoolOptions {
 impl App {
     /// Connects the stores, runs migrations, loads keys and binds the listener.
     pub async fn build(config: Config) -> Result<Self, StartError> {
+        config.check_serve()?;
         let config = Arc::new(config);
         let repo = db::connect(&config.database_url, &pool_options(&config)).await?;
         repo.migrate().await?;

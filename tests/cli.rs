@@ -28,6 +28,9 @@ fn cmd(dir: &Path) -> Command {
         "JWT_PUBLIC_KEY_FILE",
         "JWKS_URL",
         "USER_API_CONFIG",
+        "USER_API_ADDR",
+        "USER_API_DEV_MODE",
+        "TRUSTED_PROXIES",
     ] {
         c.env_remove(var);
     }
@@ -257,4 +260,114 @@ fn token_on_a_fresh_machine_prints_only_the_token() {
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert_eq!(stdout.trim().split('.').count(), 3, "{stdout}");
     assert!(dir.join("data/dev-keys/private.pem").exists());
+}
+
+/// Runs `serve` and returns its exit status and stderr (it must stop by itself).
+fn serve_refused(c: &mut Command) -> (Option<i32>, String) {
+    let mut child = c
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return (status.code(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve started where it must refuse");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn dev_mode_refuses_a_public_address_unless_asked_for() {
+    let dir = tempdir();
+    let (code, err) = serve_refused(cmd(&dir).env("USER_API_ADDR", "0.0.0.0:0"));
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("addr") && err.contains("USER_API_DEV_MODE") && err.contains("loopback"),
+        "{err}"
+    );
+    assert!(
+        !dir.join("data").exists(),
+        "refused before creating anything"
+    );
+}
+
+#[test]
+fn dev_mode_refuses_postgres_unless_asked_for() {
+    let dir = tempdir();
+    // Refused before any connection is tried, so no server needs to answer there.
+    let (code, err) = serve_refused(
+        cmd(&dir)
+            .env("USER_API_ADDR", "127.0.0.1:0")
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none"),
+    );
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("database_url") && err.contains("USER_API_DEV_MODE"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_empty_key_variable_is_an_error_not_dev_mode() {
+    let dir = tempdir();
+    for var in ["JWT_PUBLIC_KEY_FILE", "JWKS_URL"] {
+        let out = cmd(&dir)
+            .env(var, "")
+            .env("USER_API_ADDR", "127.0.0.1:0")
+            .arg("serve")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}=");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(var) && err.contains("empty"), "{var}: {err}");
+    }
+    assert!(!dir.join("data/dev-keys").exists(), "no dev keys were made");
+}
+
+#[test]
+fn dev_mode_listens_on_loopback_by_default() {
+    let dir = tempdir();
+    // No address given: 127.0.0.1:8001 (whether it is free on this machine or not, the
+    // log names the address it binds or fails to bind).
+    let mut child = cmd(&dir)
+        .env("USER_API__SERVER__LOG_FORMAT", "pretty")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = String::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if seen.contains(":8001") {
+                break;
+            }
+        }
+        let _ = tx.send(seen);
+    });
+    let seen = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.contains("127.0.0.1:8001"), "{seen}");
+    assert!(!seen.contains("0.0.0.0:8001"), "{seen}");
 }
