@@ -391,6 +391,87 @@ async fn a_declared_huge_body_is_413_at_once() {
     }
 }
 
+fn method_labels(metrics: &str) -> std::collections::BTreeSet<String> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("http_requests_total{"))
+        .filter_map(|l| {
+            let i = l.find("method=\"")? + 8;
+            Some(l[i..i + l[i..].find('"')?].to_owned())
+        })
+        .collect()
+}
+
+fn series(metrics: &str) -> String {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("http_requests_total{"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn series_count(metrics: &str) -> usize {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("http_requests_total{")
+                || l.starts_with("http_request_duration_seconds_count{")
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invented_methods_mint_no_metric_series() {
+    let app = TestApp::spawn_with(edge_config().await).await;
+    let paths = ["/health", "/api/profiles/me", "/nowhere"];
+    let send = |method: String, path: &'static str| {
+        let app_addr = addr(&app);
+        async move {
+            let mut s = TcpStream::connect(app_addr).await.unwrap();
+            let req = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+            s.write_all(req.as_bytes()).await.unwrap();
+            read_response(&mut s, Duration::from_secs(3))
+                .await
+                .map(|r| r.status)
+        }
+    };
+    // One invented method first, so the "other" series exist.
+    for p in paths {
+        send("WARMUP".into(), p).await;
+    }
+    app.metrics().await; // the scrape's own series
+    let before = app.metrics().await;
+    for i in 0..100 {
+        for p in paths {
+            let status = send(format!("FLOOD{i}"), p).await;
+            assert!(status.is_none_or(|s| s < 500), "{status:?}");
+        }
+    }
+    for p in paths {
+        send("M".repeat(4000), p).await;
+    }
+    let after = app.metrics().await;
+    assert_eq!(
+        series_count(&before),
+        series_count(&after),
+        "the flood added series:\nbefore:\n{}\nafter:\n{}",
+        series(&before),
+        series(&after)
+    );
+    let labels = method_labels(&after);
+    assert!(labels.contains("other"), "{labels:?}");
+    for l in &labels {
+        assert!(
+            [
+                "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+                "other"
+            ]
+            .contains(&l.as_str()),
+            "a client-made label: {l}"
+        );
+    }
+}
+
 /// A request with `X-Forwarded-For` and a bad token, so it counts against an address.
 async fn bad_token_from(app: &TestApp, xff: &str) -> Resp {
     let mut s = connect(app).await;
