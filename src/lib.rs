@@ -100,7 +100,11 @@ impl App {
             logins: LoginRecorder::new(profiles.clone()),
             profiles,
             auth,
-            metrics: telemetry::metrics_handle(),
+            metrics: {
+                let handle = telemetry::metrics_handle();
+                telemetry::register_known_series();
+                handle
+            },
             config: config.clone(),
             cache: cache.clone(),
             limiter: ratelimit::Limiter::new(&config.rate_limits, redis.clone()),

@@ -472,6 +472,27 @@ async fn invented_methods_mint_no_metric_series() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_series_are_zero_right_after_start() {
+    let app = TestApp::spawn_with(edge_config().await).await;
+    let m = app.metrics().await;
+    for series in [
+        "db_errors_total{kind=\"unavailable\"} 0",
+        "db_errors_total{kind=\"other\"} 0",
+        "redis_errors_total{kind=\"timeout\"} 0",
+        "redis_errors_total{kind=\"io\"} 0",
+        "ratelimit_store_errors_total 0",
+        "ratelimit_fallback_total 0",
+        "ratelimit_rejections_total{policy=\"per-address\"} 0",
+        "http_connections_timed_out_total{phase=\"idle\"} 0",
+    ] {
+        assert!(
+            m.lines().any(|l| l == series),
+            "missing `{series}` in:\n{m}"
+        );
+    }
+}
+
 /// A request with `X-Forwarded-For` and a bad token, so it counts against an address.
 async fn bad_token_from(app: &TestApp, xff: &str) -> Resp {
     let mut s = connect(app).await;
