@@ -76,6 +76,9 @@ async fn dev_mode_quick_start_and_no_pii_in_logs() {
         "SQLite file created on first run"
     );
     assert!(dir.join("data/dev-keys/private.pem").exists());
+    // The database holds personal data: only its owner may read it.
+    assert_mode(&dir.join("data"), 0o700);
+    assert_mode(&dir.join("data/user-api.db"), 0o600);
 
     let id = uuid::Uuid::new_v4().to_string();
     // stdout carries the token alone (logs go to stderr): `TOKEN=$(user-api token …)`.
@@ -142,6 +145,11 @@ async fn dev_mode_quick_start_and_no_pii_in_logs() {
         .unwrap();
     assert_eq!(res.status(), 204);
 
+    for f in ["data/user-api.db-wal", "data/user-api.db-shm"] {
+        if dir.join(f).exists() {
+            assert_mode(&dir.join(f), 0o600);
+        }
+    }
     let _ = server.0.kill();
     let _ = server.0.wait();
     let mut logs = String::new();
@@ -261,6 +269,16 @@ fn token_on_a_fresh_machine_prints_only_the_token() {
     assert_eq!(stdout.trim().split('.').count(), 3, "{stdout}");
     assert!(dir.join("data/dev-keys/private.pem").exists());
 }
+
+#[cfg(unix)]
+fn assert_mode(path: &Path, want: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, want, "{}: {mode:o}, want {want:o}", path.display());
+}
+
+#[cfg(not(unix))]
+fn assert_mode(_: &Path, _: u32) {}
 
 /// Runs `serve` and returns its exit status and stderr (it must stop by itself).
 fn serve_refused(c: &mut Command) -> (Option<i32>, String) {
