@@ -23,8 +23,9 @@ pub enum ConfigError {
     Invalid { key: &'static str, reason: String },
 }
 
-/// Everything the service reads at start-up.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Everything the service reads at start-up. Its `Debug` form hides the passwords in
+/// the database and Redis URLs.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// `USER_API_ADDR`. Default `0.0.0.0:8001`, or `127.0.0.1:8001` in dev mode.
@@ -185,6 +186,66 @@ impl Default for Config {
             server: ServerConfig::default(),
         }
     }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cluster: Vec<String> = self
+            .redis_cluster_urls
+            .iter()
+            .map(|u| redact_url(u))
+            .collect();
+        f.debug_struct("Config")
+            .field("addr", &self.addr)
+            .field("dev_mode", &self.dev_mode)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("redis_cluster_urls", &cluster)
+            .field("jwt", &self.jwt)
+            .field("database", &self.database)
+            .field("cache", &self.cache)
+            .field("rate_limits", &self.rate_limits)
+            .field("redis", &self.redis)
+            .field("prewarm", &self.prewarm)
+            .field("server", &self.server)
+            .finish()
+    }
+}
+
+/// `url` with the password of its user-info (and any `password=` query value) replaced by
+/// `***`, for logs and `Debug`: `postgres://app:***@db/x`.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest_start = scheme_end + 3;
+        let authority_end = out[rest_start..]
+            .find(['/', '?', '#'])
+            .map_or(out.len(), |i| rest_start + i);
+        if let Some(at) = out[rest_start..authority_end].rfind('@') {
+            let userinfo = &out[rest_start..rest_start + at];
+            let redacted = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_owned(),
+            };
+            out.replace_range(rest_start..rest_start + at, &redacted);
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _))
+                    if k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("pass") =>
+                {
+                    format!("{k}=***")
+                }
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out = format!("{head}{}", query.join("&"));
+    }
+    out
 }
 
 impl Default for JwtConfig {
@@ -682,5 +743,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("trusted_proxies"), "{e}");
+    }
+
+    #[test]
+    fn debug_hides_passwords() {
+        let c = load(&[
+            (
+                "DATABASE_URL",
+                "postgres://app:s3cret@db:5432/users?password=other",
+            ),
+            ("REDIS_URL", "redis://:r3dispw@cache:6379/0"),
+            ("JWT_PUBLIC_KEY_FILE", "/k.pem"),
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        for secret in ["s3cret", "r3dispw", "other"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(
+            shown.contains("postgres://app:***@db:5432/users"),
+            "{shown}"
+        );
+        assert_eq!(redact_url("redis://u@h/0"), "redis://***@h/0");
+        assert_eq!(redact_url("sqlite://data/x.db"), "sqlite://data/x.db");
     }
 }
