@@ -61,6 +61,7 @@ pub fn register_known_series() {
     }
     metrics::counter!("ratelimit_store_errors_total").increment(0);
     metrics::counter!("ratelimit_fallback_total").increment(0);
+    metrics::counter!("ratelimit_memory_overflow_total").increment(0);
     for phase in ["header", "idle"] {
         metrics::counter!("http_connections_timed_out_total", "phase" => phase).increment(0);
     }

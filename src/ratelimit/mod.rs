@@ -86,6 +86,8 @@ pub enum LimitError {
 
 /// Most addresses remembered as over their limit before expired ones are swept.
 const MAX_BLOCKED: usize = 100_000;
+/// Most per-address counters kept in process (with no Redis, or while it is down).
+const MAX_ADDRESS_COUNTERS: usize = 100_000;
 /// Most (address, token) pairs remembered as valid.
 const MAX_KNOWN_CALLERS: u64 = 100_000;
 /// Store failures are logged at most this often (every one is counted in metrics).
@@ -97,6 +99,8 @@ struct Inner {
     redis: Option<RedisStore>,
     /// The store without Redis; the fallback while Redis is unreachable.
     local: MemoryStore,
+    /// The in-process per-address counters: bounded, since clients choose addresses.
+    local_addresses: MemoryStore,
     /// Addresses over their per-address limit → end of their window (Unix ms).
     blocked: RwLock<HashMap<IpAddr, u64>>,
     /// SHA-256(address, token) of tokens verified from that address → caller and `exp`.
@@ -128,6 +132,7 @@ impl Limiter {
                 config: config.clone(),
                 redis: redis.map(RedisStore::new),
                 local: MemoryStore::default(),
+                local_addresses: MemoryStore::bounded(MAX_ADDRESS_COUNTERS),
                 blocked: RwLock::new(HashMap::new()),
                 known: moka::sync::Cache::builder()
                     .max_capacity(MAX_KNOWN_CALLERS)
@@ -231,7 +236,7 @@ impl Limiter {
         let count = match self.count(&key, &window, now, None, true).await {
             Ok((c, _)) => c,
             // Unreachable with `always_fall_back`; decide locally all the same.
-            Err(LimitError::Unavailable) => self.inner.local.hit(&key, &window, now),
+            Err(LimitError::Unavailable) => self.inner.local_addresses.hit(&key, &window, now),
         };
         let decision = self.decide(Policy::PerAddress, count);
         if !decision.allowed() {
@@ -299,8 +304,14 @@ impl Limiter {
         get_key: Option<&str>,
         always_fall_back: bool,
     ) -> Result<(Count, Option<Option<String>>), LimitError> {
+        // Per-address counting is the only caller with `always_fall_back`.
+        let local = if always_fall_back {
+            &self.inner.local_addresses
+        } else {
+            &self.inner.local
+        };
         let Some(redis) = &self.inner.redis else {
-            return Ok((self.inner.local.hit(key, window, now), None));
+            return Ok((local.hit(key, window, now), None));
         };
         let outcome = match get_key {
             Some(g) => redis.hit_and_get(key, window, g).await,
@@ -316,7 +327,7 @@ impl Limiter {
                 metrics::counter!("ratelimit_fallback_total").increment(1);
                 // The local counter starts from zero: each instance enforces the policy
                 // on its own traffic until Redis answers again.
-                Ok((self.inner.local.hit(key, window, window::now_ms()), None))
+                Ok((local.hit(key, window, window::now_ms()), None))
             }
         }
     }
