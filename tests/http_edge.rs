@@ -493,6 +493,39 @@ async fn error_series_are_zero_right_after_start() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_a_route_lacks_count_against_the_address() {
+    let mut c = edge_config().await;
+    c.rate_limits.per_address = 3;
+    let app = TestApp::spawn_with(c).await;
+    let mut statuses = Vec::new();
+    for method in ["OPTIONS", "TRACE", "BREW", "OPTIONS", "TRACE"] {
+        let mut s = connect(&app).await;
+        let req =
+            format!("{method} /api/profiles/me HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        statuses.push(
+            read_response(&mut s, Duration::from_secs(3))
+                .await
+                .unwrap()
+                .status,
+        );
+    }
+    assert_eq!(statuses, [405, 405, 405, 429, 429]);
+    // Unprotected routes are not counted.
+    let mut s = connect(&app).await;
+    s.write_all(b"TRACE /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        read_response(&mut s, Duration::from_secs(3))
+            .await
+            .unwrap()
+            .status,
+        405
+    );
+}
+
 /// A request with `X-Forwarded-For` and a bad token, so it counts against an address.
 async fn bad_token_from(app: &TestApp, xff: &str) -> Resp {
     let mut s = connect(app).await;

@@ -67,7 +67,7 @@ pub fn router(state: AppState) -> Router {
 
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .fallback(|| async { ApiError::NotFound("Not found") })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .method_not_allowed_fallback(edge::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(edge::refuse_oversized_body))
         .layer(from_fn_with_state(state.clone(), layers::bound_request))
