@@ -54,8 +54,10 @@ pub struct Config {
 pub struct JwtConfig {
     /// `JWT_PUBLIC_KEY_FILE`: PEM RSA public key.
     pub public_key_file: Option<PathBuf>,
-    /// `JWKS_URL`: the auth service's JWKS document.
+    /// `JWKS_URL`: the auth service's JWKS document (https unless `jwks_allow_http`).
     pub jwks_url: Option<String>,
+    /// Allow a plain `http://` JWKS URL (a sidecar on localhost); off by default.
+    pub jwks_allow_http: bool,
     /// `JWT_ISS`: required issuer, when set.
     pub iss: Option<String>,
     /// `JWT_AUD`: required audience, when set.
@@ -253,6 +255,7 @@ impl Default for JwtConfig {
         Self {
             public_key_file: None,
             jwks_url: None,
+            jwks_allow_http: false,
             iss: None,
             aud: None,
             leeway_secs: 60,
