@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one command that runs every test: provisions PostgreSQL and Redis, then runs
-# rustfmt, clippy and the whole test suite against them.
+# rustfmt, clippy, schemathesis (scripts/schemathesis.sh; SKIP_SCHEMATHESIS=1 skips it)
+# and the whole test suite against them.
 #
 # Servers, in order of preference:
 #   1. the ones named by DATABASE_URL (postgres://…) and REDIS_URL;
@@ -127,6 +128,12 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
+# Property-based API tests against /openapi.json of a running instance (its own database;
+# about a minute). Before the test suite, so the run closes on the test runner's summary.
+if [[ "${SKIP_SCHEMATHESIS:-0}" != 1 ]]; then
+  log "schemathesis"
+  scripts/schemathesis.sh
+fi
 log "tests"
 if cargo nextest --version >/dev/null 2>&1; then
   # Doctests first (nextest does not run them), so the run closes on nextest's summary.

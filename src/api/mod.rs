@@ -9,6 +9,7 @@ mod dto;
 mod edge;
 mod extract;
 mod layers;
+mod openapi;
 mod ops;
 mod profiles;
 
@@ -60,10 +61,11 @@ pub fn router(state: AppState) -> Router {
             ratelimit::middleware::enforce,
         ))
         .layer(from_fn_with_state(state.clone(), layers::authenticate));
-    let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (api, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(protected)
         .merge(ops::router())
         .split_for_parts();
+    openapi::add_common_responses(&mut openapi);
 
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .fallback(|| async { ApiError::NotFound("Not found") })
