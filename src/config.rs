@@ -556,6 +556,9 @@ impl Config {
                 return bad(key, "must be positive");
             }
         }
+        if self.server.max_connections > 1_000_000 {
+            return bad("server.max_connections", "must be at most 1000000");
+        }
         if self.server.request_timeout_ms == 0 {
             return bad("server.request_timeout_ms", "must be positive");
         }
@@ -726,6 +729,23 @@ mod tests {
         assert!(c.check_serve().is_ok());
         let c = load(&[("USER_API_ADDR", "[::1]:9000")]).unwrap();
         assert!(c.check_serve().is_ok());
+    }
+
+    #[test]
+    fn connection_limits_are_checked() {
+        let with = |f: fn(&mut ServerConfig)| {
+            let mut c = Config::default();
+            f(&mut c.server);
+            c.validate().unwrap_err().to_string()
+        };
+        let e = with(|s| s.header_read_timeout_ms = 0);
+        assert!(e.contains("server.header_read_timeout_ms"), "{e}");
+        let e = with(|s| s.keep_alive_timeout_ms = 0);
+        assert!(e.contains("server.keep_alive_timeout_ms"), "{e}");
+        let e = with(|s| s.max_connections = 0);
+        assert!(e.contains("server.max_connections"), "{e}");
+        let e = with(|s| s.max_connections = usize::MAX);
+        assert!(e.contains("server.max_connections"), "{e}");
     }
 
     #[test]
