@@ -26,6 +26,8 @@ echo "- $(free -g | awk '/Mem:/{print $2}') GiB memory, $(uname -sr)"
 echo "- concurrency $conc, $secs s per scenario, $count profiles"
 
 export USER_API__JWT__DEV_KEYS_DIR="$work/keys"
+# Dev-mode keys on a PostgreSQL database: refused unless asked for explicitly.
+export USER_API_DEV_MODE=1
 # Limits out of the way: this measures the service, not the limiter's verdicts.
 export USER_API__RATE_LIMITS__PROFILES_READ=1000000000
 export USER_API__RATE_LIMITS__PROFILES_UPDATE=1000000000

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one command that runs every test: provisions PostgreSQL and Redis, then runs
-# rustfmt, clippy and the whole test suite against them.
+# rustfmt, clippy, schemathesis (scripts/schemathesis.sh; SKIP_SCHEMATHESIS=1 skips it)
+# and the whole test suite against them.
 #
 # Servers, in order of preference:
 #   1. the ones named by DATABASE_URL (postgres://…) and REDIS_URL;
@@ -155,6 +156,12 @@ ignored=$(awk '/^[[:space:]]*#\[ignore/ { ig = 1; next }
     f = FILENAME; sub(/^tests\//, "", f); sub(/\.rs$/, "", f)
     printf "%s%s::%s", sep, f, substr($0, RSTART + 3, RLENGTH - 3); sep = ", "; ig = 0 }' tests/*.rs)
 
+# Property-based API tests against /openapi.json of a running instance (its own database;
+# about a minute). Before the test suite, so the run closes on the test runner's summary.
+if [[ "${SKIP_SCHEMATHESIS:-0}" != 1 ]]; then
+  phase "schemathesis" "schemathesis against /openapi.json (about a minute)"
+  scripts/schemathesis.sh
+fi
 if cargo nextest --version >/dev/null 2>&1; then
   # nextest does not run doctests; run them first, when there are any (so the run still
   # closes on nextest's summary).

@@ -10,6 +10,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::ratelimit::address::Cidr;
+
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -21,12 +23,16 @@ pub enum ConfigError {
     Invalid { key: &'static str, reason: String },
 }
 
-/// Everything the service reads at start-up.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Everything the service reads at start-up. Its `Debug` form hides the passwords in
+/// the database and Redis URLs.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// `USER_API_ADDR`.
+    /// `USER_API_ADDR`. Default `0.0.0.0:8001`, or `127.0.0.1:8001` in dev mode.
     pub addr: SocketAddr,
+    /// `USER_API_DEV_MODE=1`: dev mode (no key source) is wanted even on a non-loopback
+    /// address or with PostgreSQL.
+    pub dev_mode: bool,
     /// `DATABASE_URL`: `postgres://…` or `sqlite://path`.
     pub database_url: String,
     /// `REDIS_URL`: a single Redis node.
@@ -49,8 +55,10 @@ pub struct Config {
 pub struct JwtConfig {
     /// `JWT_PUBLIC_KEY_FILE`: PEM RSA public key.
     pub public_key_file: Option<PathBuf>,
-    /// `JWKS_URL`: the auth service's JWKS document.
+    /// `JWKS_URL`: the auth service's JWKS document (https unless `jwks_allow_http`).
     pub jwks_url: Option<String>,
+    /// Allow a plain `http://` JWKS URL (a sidecar on localhost); off by default.
+    pub jwks_allow_http: bool,
     /// `JWT_ISS`: required issuer, when set.
     pub iss: Option<String>,
     /// `JWT_AUD`: required audience, when set.
@@ -146,8 +154,11 @@ pub struct RateLimitConfig {
     pub per_address: u64,
     /// `RATE_LIMIT_FAIL`.
     pub fail: FailMode,
-    /// Take the client address from `X-Forwarded-For` (only behind a trusted proxy).
+    /// Treat every peer as a trusted proxy (the client is then the right-most
+    /// `X-Forwarded-For` entry not in `trusted_proxies`). Prefer `trusted_proxies`.
     pub trust_forwarded_for: bool,
+    /// `TRUSTED_PROXIES`: proxies (CIDRs) whose `X-Forwarded-For` entries are believed.
+    pub trusted_proxies: Vec<Cidr>,
     /// Window length; an hour in production, shorter only in tests.
     pub window_secs: u64,
 }
@@ -185,6 +196,13 @@ pub struct PrewarmConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
+    /// Longest time from the accept (or a request's first byte) until its head is complete.
+    pub header_read_timeout_ms: u64,
+    /// Longest time a connection may sit idle between requests.
+    pub keep_alive_timeout_ms: u64,
+    /// Most connections open at once; at the cap, new ones wait in the backlog.
+    pub max_connections: usize,
+    /// Longest time a request may take once its head is in.
     pub request_timeout_ms: u64,
     /// `json` for machines, `pretty` for people, `auto` (the default): `pretty` when
     /// stderr is a terminal, `json` otherwise.
@@ -196,6 +214,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             addr: "0.0.0.0:8001".parse().expect("static address"),
+            dev_mode: false,
             database_url: "sqlite://data/user-api.db".into(),
             redis_url: None,
             redis_cluster_urls: Vec::new(),
@@ -211,11 +230,72 @@ impl Default for Config {
     }
 }
 
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cluster: Vec<String> = self
+            .redis_cluster_urls
+            .iter()
+            .map(|u| redact_url(u))
+            .collect();
+        f.debug_struct("Config")
+            .field("addr", &self.addr)
+            .field("dev_mode", &self.dev_mode)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("redis_cluster_urls", &cluster)
+            .field("jwt", &self.jwt)
+            .field("database", &self.database)
+            .field("cache", &self.cache)
+            .field("rate_limits", &self.rate_limits)
+            .field("redis", &self.redis)
+            .field("prewarm", &self.prewarm)
+            .field("server", &self.server)
+            .finish()
+    }
+}
+
+/// `url` with the password of its user-info (and any `password=` query value) replaced by
+/// `***`, for logs and `Debug`: `postgres://app:***@db/x`.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest_start = scheme_end + 3;
+        let authority_end = out[rest_start..]
+            .find(['/', '?', '#'])
+            .map_or(out.len(), |i| rest_start + i);
+        if let Some(at) = out[rest_start..authority_end].rfind('@') {
+            let userinfo = &out[rest_start..rest_start + at];
+            let redacted = match userinfo.split_once(':') {
+                Some((user, _)) => format!("{user}:***"),
+                None => "***".to_owned(),
+            };
+            out.replace_range(rest_start..rest_start + at, &redacted);
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _))
+                    if k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("pass") =>
+                {
+                    format!("{k}=***")
+                }
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out = format!("{head}{}", query.join("&"));
+    }
+    out
+}
+
 impl Default for JwtConfig {
     fn default() -> Self {
         Self {
             public_key_file: None,
             jwks_url: None,
+            jwks_allow_http: false,
             iss: None,
             aud: None,
             leeway_secs: 60,
@@ -260,6 +340,7 @@ impl Default for RateLimitConfig {
             per_address: 1000,
             fail: FailMode::Open,
             trust_forwarded_for: false,
+            trusted_proxies: Vec::new(),
             window_secs: 3600,
         }
     }
@@ -292,11 +373,25 @@ impl Default for PrewarmConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
+            header_read_timeout_ms: 10_000,
+            keep_alive_timeout_ms: 30_000,
+            max_connections: 10_000,
             request_timeout_ms: 15_000,
             log_format: "auto".into(),
             shutdown_grace_secs: 10,
         }
     }
+}
+
+/// The key-source variables: set but empty is an error, never dev mode.
+const KEY_SOURCES: &[&str] = &["JWT_PUBLIC_KEY_FILE", "JWKS_URL"];
+
+/// `0`, `false`, `off`, `no` (any case) are false; anything else is true.
+fn parse_flag(v: &str) -> bool {
+    !matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "0" | "false" | "off" | "no"
+    )
 }
 
 /// Plain environment variables of SPEC section 1 and the config key each sets.
@@ -319,7 +414,8 @@ impl Config {
 
     /// Loads with `env` standing in for the process environment (testable).
     pub fn load_from(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        // What the operator set, without the defaults (to tell a chosen address from the default).
+        let mut fig = Figment::new();
         if let Some(path) = env("USER_API_CONFIG").filter(|p| !p.is_empty()) {
             if !std::path::Path::new(&path).is_file() {
                 return Err(ConfigError::Invalid {
@@ -332,9 +428,21 @@ impl Config {
         // Only real process variables carry the prefixed form; tests pass plain keys.
         fig = fig.merge(Env::prefixed("USER_API__").split("__"));
         for (var, key) in PLAIN_ENV {
-            if let Some(v) = env(var).filter(|v| !v.is_empty()) {
-                fig = fig.merge((*key, v));
+            match env(var) {
+                // An empty key source would silently mean dev mode: refuse it.
+                Some(v) if v.trim().is_empty() && KEY_SOURCES.contains(var) => {
+                    return Err(ConfigError::Invalid {
+                        key: var,
+                        reason: "is set but empty; unset it (dev mode) or name the key source"
+                            .into(),
+                    });
+                }
+                Some(v) if !v.is_empty() => fig = fig.merge((*key, v)),
+                _ => {}
             }
+        }
+        if let Some(v) = env("USER_API_DEV_MODE") {
+            fig = fig.merge(("dev_mode", parse_flag(&v)));
         }
         if let Some(v) = env("REDIS_CLUSTER_URLS").filter(|v| !v.trim().is_empty()) {
             let urls: Vec<String> = v
@@ -344,14 +452,26 @@ impl Config {
                 .collect();
             fig = fig.merge(("redis_cluster_urls", urls));
         }
-        if let Some(v) = env("PREWARM") {
-            let on = !matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "0" | "false" | "off" | "no"
-            );
-            fig = fig.merge(("prewarm.enabled", on));
+        if let Some(v) = env("TRUSTED_PROXIES") {
+            let list: Vec<String> = v
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+            fig = fig.merge(("rate_limits.trusted_proxies", list));
         }
-        let config: Config = fig.extract().map_err(Box::new)?;
+        if let Some(v) = env("PREWARM") {
+            fig = fig.merge(("prewarm.enabled", parse_flag(&v)));
+        }
+        let addr_chosen = fig.find_value("addr").is_ok();
+        let mut config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(fig)
+            .extract()
+            .map_err(Box::new)?;
+        if !addr_chosen && config.jwt_dev_mode() {
+            // Dev mode listens on loopback unless told otherwise (SPEC 1).
+            config.addr = SocketAddr::from(([127, 0, 0, 1], config.addr.port()));
+        }
         config.validate()?;
         Ok(config)
     }
@@ -379,6 +499,25 @@ impl Config {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                 return bad("redis_url", "must start with redis:// or rediss://");
             }
+        }
+        if self
+            .jwt
+            .public_key_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return bad(
+                "jwt.public_key_file",
+                "is empty; unset it or name a PEM file",
+            );
+        }
+        if self
+            .jwt
+            .jwks_url
+            .as_ref()
+            .is_some_and(|u| u.trim().is_empty())
+        {
+            return bad("jwt.jwks_url", "is empty; unset it or name the JWKS URL");
         }
         if self.jwt.public_key_file.is_some() && self.jwt.jwks_url.is_some() {
             return bad(
@@ -452,6 +591,24 @@ impl Config {
         if self.prewarm.batch_size == 0 {
             return bad("prewarm.batch_size", "must be at least 1");
         }
+        for (key, v) in [
+            (
+                "server.header_read_timeout_ms",
+                self.server.header_read_timeout_ms,
+            ),
+            (
+                "server.keep_alive_timeout_ms",
+                self.server.keep_alive_timeout_ms,
+            ),
+            ("server.max_connections", self.server.max_connections as u64),
+        ] {
+            if v == 0 {
+                return bad(key, "must be positive");
+            }
+        }
+        if self.server.max_connections > 1_000_000 {
+            return bad("server.max_connections", "must be at most 1000000");
+        }
         if self.server.request_timeout_ms == 0 {
             return bad("server.request_timeout_ms", "must be positive");
         }
@@ -469,6 +626,40 @@ impl Config {
     /// True when no key source is configured: dev mode.
     pub fn jwt_dev_mode(&self) -> bool {
         self.jwt.public_key_file.is_none() && self.jwt.jwks_url.is_none()
+    }
+
+    /// Whether the server may start as configured: dev mode (no key source, so anyone
+    /// who can read `data/dev-keys/` can mint admin tokens) is refused on a non-loopback
+    /// address or with PostgreSQL (a shared, real database) unless it is asked for
+    /// explicitly (`USER_API_DEV_MODE=1`).
+    pub fn check_serve(&self) -> Result<(), ConfigError> {
+        if !self.jwt_dev_mode() {
+            return Ok(());
+        }
+        if self.dev_mode {
+            return Ok(());
+        }
+        if !self.addr.ip().is_loopback() {
+            return Err(ConfigError::Invalid {
+                key: "addr",
+                reason: format!(
+                    "is {}, not loopback, and no key source (JWT_PUBLIC_KEY_FILE or JWKS_URL) \
+                     is set: dev mode refuses to listen there; set a key source, listen on \
+                     127.0.0.1, or set USER_API_DEV_MODE=1 to mean it",
+                    self.addr
+                ),
+            });
+        }
+        if !self.database_url.starts_with("sqlite:") {
+            return Err(ConfigError::Invalid {
+                key: "database_url",
+                reason: "is PostgreSQL and no key source (JWT_PUBLIC_KEY_FILE or JWKS_URL) \
+                         is set: dev mode refuses a real database; set a key source, or \
+                         USER_API_DEV_MODE=1 to mean it"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -496,6 +687,10 @@ mod tests {
     fn defaults_are_valid() {
         let c = load(&[]).unwrap();
         assert_eq!(c.addr.port(), 8001);
+        assert!(
+            c.addr.ip().is_loopback(),
+            "dev mode listens on loopback by default"
+        );
         assert!(c.uses_embedded_store());
         assert!(c.jwt_dev_mode());
         assert_eq!(c.rate_limits.profiles_read, 100);
@@ -562,5 +757,100 @@ mod tests {
         assert!(e.contains("ttl_secs"), "{e}");
         std::fs::write(&f, "[cache]\nttl = 5\n").unwrap();
         assert!(load(&[("USER_API_CONFIG", f.to_str().unwrap())]).is_err());
+    }
+
+    #[test]
+    fn dev_mode_needs_loopback_sqlite_or_an_explicit_yes() {
+        // A key source: the documented 0.0.0.0 default, nothing to check.
+        let c = load(&[("JWT_PUBLIC_KEY_FILE", "/k.pem")]).unwrap();
+        assert_eq!(c.addr.to_string(), "0.0.0.0:8001");
+        assert!(c.check_serve().is_ok());
+        // No key source: loopback by default, and that may serve.
+        let c = load(&[]).unwrap();
+        assert_eq!(c.addr.to_string(), "127.0.0.1:8001");
+        assert!(c.check_serve().is_ok());
+        // An address chosen explicitly is kept, and refused unless dev mode is asked for.
+        let c = load(&[("USER_API_ADDR", "0.0.0.0:9000")]).unwrap();
+        assert_eq!(c.addr.to_string(), "0.0.0.0:9000");
+        let e = c.check_serve().unwrap_err().to_string();
+        assert!(e.contains("addr") && e.contains("USER_API_DEV_MODE"), "{e}");
+        let c = load(&[
+            ("USER_API_ADDR", "0.0.0.0:9000"),
+            ("USER_API_DEV_MODE", "1"),
+        ])
+        .unwrap();
+        assert!(c.check_serve().is_ok());
+        // PostgreSQL without a key source is refused too.
+        let c = load(&[("DATABASE_URL", "postgres://h/db")]).unwrap();
+        let e = c.check_serve().unwrap_err().to_string();
+        assert!(e.contains("database_url"), "{e}");
+        let c = load(&[
+            ("DATABASE_URL", "postgres://h/db"),
+            ("USER_API_DEV_MODE", "yes"),
+        ])
+        .unwrap();
+        assert!(c.check_serve().is_ok());
+        let c = load(&[("USER_API_ADDR", "[::1]:9000")]).unwrap();
+        assert!(c.check_serve().is_ok());
+    }
+
+    #[test]
+    fn connection_limits_are_checked() {
+        let with = |f: fn(&mut ServerConfig)| {
+            let mut c = Config::default();
+            f(&mut c.server);
+            c.validate().unwrap_err().to_string()
+        };
+        let e = with(|s| s.header_read_timeout_ms = 0);
+        assert!(e.contains("server.header_read_timeout_ms"), "{e}");
+        let e = with(|s| s.keep_alive_timeout_ms = 0);
+        assert!(e.contains("server.keep_alive_timeout_ms"), "{e}");
+        let e = with(|s| s.max_connections = 0);
+        assert!(e.contains("server.max_connections"), "{e}");
+        let e = with(|s| s.max_connections = usize::MAX);
+        assert!(e.contains("server.max_connections"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_key_source_is_an_error_not_dev_mode() {
+        for var in ["JWT_PUBLIC_KEY_FILE", "JWKS_URL"] {
+            for v in ["", "  "] {
+                let e = load(&[(var, v)]).unwrap_err().to_string();
+                assert!(e.contains(var) && e.contains("empty"), "{var}={v:?}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn trusted_proxies_parse_from_env_and_name_the_key() {
+        let c = load(&[("TRUSTED_PROXIES", "10.0.0.0/8, 2001:db8::/32,192.0.2.1")]).unwrap();
+        assert_eq!(c.rate_limits.trusted_proxies.len(), 3);
+        let e = load(&[("TRUSTED_PROXIES", "10.0.0.0/99")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trusted_proxies"), "{e}");
+    }
+
+    #[test]
+    fn debug_hides_passwords() {
+        let c = load(&[
+            (
+                "DATABASE_URL",
+                "postgres://app:s3cret@db:5432/users?password=other",
+            ),
+            ("REDIS_URL", "redis://:r3dispw@cache:6379/0"),
+            ("JWT_PUBLIC_KEY_FILE", "/k.pem"),
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        for secret in ["s3cret", "r3dispw", "other"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(
+            shown.contains("postgres://app:***@db:5432/users"),
+            "{shown}"
+        );
+        assert_eq!(redact_url("redis://u@h/0"), "redis://***@h/0");
+        assert_eq!(redact_url("sqlite://data/x.db"), "sqlite://data/x.db");
     }
 }

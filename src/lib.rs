@@ -13,6 +13,7 @@ pub mod error;
 pub mod ratelimit;
 pub mod redis;
 pub mod seed;
+pub mod server;
 pub mod service;
 pub mod state;
 pub mod telemetry;
@@ -47,6 +48,9 @@ pub struct App {
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The configuration may not serve (dev mode where it is refused).
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
     #[error(transparent)]
     Db(#[from] db::DbError),
     #[error(transparent)]
@@ -75,6 +79,7 @@ pub fn pool_options(config: &Config) -> PoolOptions {
 impl App {
     /// Connects the stores, runs migrations, loads keys and binds the listener.
     pub async fn build(config: Config) -> Result<Self, StartError> {
+        config.check_serve()?;
         let config = Arc::new(config);
         let repo = db::connect(&config.database_url, &pool_options(&config)).await?;
         repo.migrate().await?;
@@ -102,7 +107,11 @@ impl App {
             logins,
             profiles,
             auth,
-            metrics: telemetry::metrics_handle(),
+            metrics: {
+                let handle = telemetry::metrics_handle();
+                telemetry::register_known_series();
+                handle
+            },
             config: config.clone(),
             cache: cache.clone(),
             limiter: ratelimit::Limiter::new(&config.rate_limits, redis.clone()),
@@ -153,16 +162,12 @@ impl App {
         self.shutdown.clone()
     }
 
-    /// Serves until the shutdown token is cancelled; in-flight requests finish first, then
-    /// the background tasks write what they hold (hit/miss counts, login records) and end.
+    /// Serves until the shutdown token is cancelled; in-flight requests finish first (under
+    /// the `[server]` connection limits, see [`server`]), then the background tasks write
+    /// what they hold (hit/miss counts, login records) and end.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let token = self.shutdown.clone();
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(self.listener, service)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await;
+        let limits = server::ConnLimits::from_config(&self.state.config.server);
+        let served = server::serve(self.listener, self.router, limits, self.shutdown.clone()).await;
         self.shutdown.cancel();
         let joined = futures::future::join_all(self.background);
         if tokio::time::timeout(BACKGROUND_GRACE, joined)

@@ -54,3 +54,41 @@ pub fn metrics_handle() -> PrometheusHandle {
         })
         .clone()
 }
+
+/// Registers every error and rejection series at zero, so a dashboard or alert sees
+/// `0` from the start rather than no series until the first failure (`rate()` and
+/// `increase()` need the zero to see the first increment).
+pub fn register_known_series() {
+    for kind in ["unavailable", "other"] {
+        metrics::counter!("db_errors_total", "kind" => kind).increment(0);
+    }
+    for kind in ["io", "timeout", "logical", "circuit_open"] {
+        metrics::counter!("redis_errors_total", "kind" => kind).increment(0);
+    }
+    for policy in [
+        "profiles-read",
+        "profiles-update",
+        "profiles-batch",
+        "default",
+        "per-address",
+    ] {
+        metrics::counter!("ratelimit_rejections_total", "policy" => policy).increment(0);
+    }
+    metrics::counter!("ratelimit_store_errors_total").increment(0);
+    metrics::counter!("ratelimit_fallback_total").increment(0);
+    metrics::counter!("ratelimit_memory_overflow_total").increment(0);
+    for phase in ["header", "idle"] {
+        metrics::counter!("http_connections_timed_out_total", "phase" => phase).increment(0);
+    }
+    metrics::gauge!("http_connections_open").increment(0.0);
+    metrics::gauge!("redis_breaker_open").increment(0.0);
+    for name in [
+        "cache_hits_total",
+        "cache_misses_total",
+        "cache_tombstone_hits_total",
+        "cache_refreshes_total",
+        "cache_single_flight_joins_total",
+    ] {
+        metrics::counter!(name).increment(0);
+    }
+}

@@ -244,6 +244,7 @@ async fn jwks_with_key_rotation() {
     let mut cfg = test_config(Backend::Sqlite).await;
     cfg.jwt.public_key_file = None;
     cfg.jwt.jwks_url = Some(url);
+    cfg.jwt.jwks_allow_http = true;
     cfg.jwt.jwks_min_refetch_secs = 0;
     let app = TestApp::spawn_with(cfg).await;
     let sub = UserId::random();

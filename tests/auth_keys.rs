@@ -702,6 +702,8 @@ impl JwksServer {
     fn cfg(&self) -> JwtConfig {
         JwtConfig {
             jwks_url: Some(self.url.clone()),
+            // The mock auth service is plain http on loopback.
+            jwks_allow_http: true,
             jwks_min_refetch_secs: 0,
             jwks_timeout_ms: 2000,
             ..cfg()
@@ -884,6 +886,7 @@ async fn jwks_unreachable_at_start() {
     drop(listener);
     let cfg = JwtConfig {
         jwks_url: Some(format!("http://{addr}/.well-known/jwks.json")),
+        jwks_allow_http: true,
         jwks_min_refetch_secs: 0,
         jwks_timeout_ms: 500,
         ..cfg()
@@ -998,6 +1001,63 @@ async fn jwks_bad_url_is_a_setup_error() {
     .await
     .expect_err("bad url");
     assert!(err.to_string().contains("jwks_url"), "{err}");
+}
+
+#[tokio::test]
+async fn jwks_over_plain_http_needs_an_explicit_yes() {
+    let server = JwksServer::start(jwks(&[(0, "A")])).await;
+    let err = Authenticator::from_config(&JwtConfig {
+        jwks_allow_http: false,
+        ..server.cfg()
+    })
+    .await
+    .expect_err("plain http refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("https") && msg.contains("jwks_allow_http"),
+        "{msg}"
+    );
+    assert_eq!(server.hits(), 0, "nothing fetched over plain http");
+    for url in ["ftp://auth.example/jwks.json", "file:///etc/jwks.json"] {
+        let err = Authenticator::from_config(&JwtConfig {
+            jwks_url: Some(url.into()),
+            jwks_allow_http: true,
+            ..cfg()
+        })
+        .await
+        .expect_err("not http(s)");
+        assert!(err.to_string().contains("https"), "{url}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn jwks_redirects_are_not_followed() {
+    // The real set is served, but only behind a redirect: it must not be used.
+    let server = JwksServer::start(jwks(&[(0, "A")])).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let target = server.url.clone();
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        get(move || {
+            let target = target.clone();
+            async move { axum::response::Redirect::temporary(&target) }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let auth = Authenticator::from_config(&JwtConfig {
+        jwks_url: Some(format!("http://user:s3cret@{addr}/jwks.json")),
+        ..server.cfg()
+    })
+    .await
+    .expect("starts; the fetch fails");
+    let token = sign(pair(0), Some("A"), &base_claims());
+    assert_eq!(verify(&auth, &token).await, Err(AuthError::KeysUnavailable));
+    assert_eq!(server.hits(), 0, "the redirect was followed");
 }
 
 // ---------------------------------------------------------------- dev mode

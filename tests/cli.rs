@@ -35,6 +35,9 @@ fn cmd_of(program: &str, dir: &Path) -> Command {
         "USER_API_CONFIG",
         "USER_API__SERVER__LOG_FORMAT",
         "RUST_LOG",
+        "USER_API_ADDR",
+        "USER_API_DEV_MODE",
+        "TRUSTED_PROXIES",
     ] {
         c.env_remove(var);
     }
@@ -80,6 +83,9 @@ async fn dev_mode_quick_start_and_no_pii_in_logs() {
         "SQLite file created on first run"
     );
     assert!(dir.join("data/dev-keys/private.pem").exists());
+    // The database holds personal data: only its owner may read it.
+    assert_mode(&dir.join("data"), 0o700);
+    assert_mode(&dir.join("data/user-api.db"), 0o600);
 
     // As the README and the start-up hint do it: `eval "$(user-api token)"` sets ID and TOKEN
     // (stdout carries only those lines; logs go to stderr).
@@ -130,6 +136,11 @@ async fn dev_mode_quick_start_and_no_pii_in_logs() {
         .unwrap();
     assert_eq!(res.status(), 204);
 
+    for f in ["data/user-api.db-wal", "data/user-api.db-shm"] {
+        if dir.join(f).exists() {
+            assert_mode(&dir.join(f), 0o600);
+        }
+    }
     let _ = server.0.kill();
     let _ = server.0.wait();
     let mut logs = String::new();
@@ -424,4 +435,124 @@ fn logs_are_readable_on_a_terminal_unless_configured() {
         is_json_log_line(warn),
         "an explicit json wins on a terminal: {warn}"
     );
+}
+
+#[cfg(unix)]
+fn assert_mode(path: &Path, want: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, want, "{}: {mode:o}, want {want:o}", path.display());
+}
+
+#[cfg(not(unix))]
+fn assert_mode(_: &Path, _: u32) {}
+
+/// Runs `serve` and returns its exit status and stderr (it must stop by itself).
+fn serve_refused(c: &mut Command) -> (Option<i32>, String) {
+    let mut child = c
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return (status.code(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve started where it must refuse");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn dev_mode_refuses_a_public_address_unless_asked_for() {
+    let dir = tempdir();
+    let (code, err) = serve_refused(cmd(&dir).env("USER_API_ADDR", "0.0.0.0:0"));
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("addr") && err.contains("USER_API_DEV_MODE") && err.contains("loopback"),
+        "{err}"
+    );
+    assert!(
+        !dir.join("data").exists(),
+        "refused before creating anything"
+    );
+}
+
+#[test]
+fn dev_mode_refuses_postgres_unless_asked_for() {
+    let dir = tempdir();
+    // Refused before any connection is tried, so no server needs to answer there.
+    let (code, err) = serve_refused(
+        cmd(&dir)
+            .env("USER_API_ADDR", "127.0.0.1:0")
+            .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none"),
+    );
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("database_url") && err.contains("USER_API_DEV_MODE"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_empty_key_variable_is_an_error_not_dev_mode() {
+    let dir = tempdir();
+    for var in ["JWT_PUBLIC_KEY_FILE", "JWKS_URL"] {
+        let out = cmd(&dir)
+            .env(var, "")
+            .env("USER_API_ADDR", "127.0.0.1:0")
+            .arg("serve")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}=");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(var) && err.contains("empty"), "{var}: {err}");
+    }
+    assert!(!dir.join("data/dev-keys").exists(), "no dev keys were made");
+}
+
+#[test]
+fn dev_mode_listens_on_loopback_by_default() {
+    let dir = tempdir();
+    // No address given: 127.0.0.1:8001 (whether it is free on this machine or not, the
+    // log names the address it binds or fails to bind).
+    let mut child = cmd(&dir)
+        .env("USER_API__SERVER__LOG_FORMAT", "pretty")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = String::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if seen.contains(":8001") {
+                break;
+            }
+        }
+        let _ = tx.send(seen);
+    });
+    let seen = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.contains("127.0.0.1:8001"), "{seen}");
+    assert!(!seen.contains("0.0.0.0:8001"), "{seen}");
 }

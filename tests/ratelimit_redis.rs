@@ -329,7 +329,12 @@ fn fresh_address() -> String {
 async fn failed_authentication_is_limited_per_address() {
     let mut config = config_on(&shared()).await;
     config.rate_limits.per_address = 5;
-    config.rate_limits.trust_forwarded_for = true;
+    // The test client (127.0.0.1) and 10.0.0.1 are the proxies; the client is the
+    // right-most X-Forwarded-For entry that is not one of them.
+    config.rate_limits.trusted_proxies = vec![
+        "127.0.0.0/8".parse().unwrap(),
+        "10.0.0.0/8".parse().unwrap(),
+    ];
     let app = TestApp::spawn_with(config).await;
     window_room(3600, Duration::from_secs(10)).await;
     let addr = fresh_address();

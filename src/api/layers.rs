@@ -47,7 +47,7 @@ pub async fn authenticate(
     next: Next,
 ) -> Response<Body> {
     let limiter = &state.limiter;
-    let address = ratelimit::middleware::client_address(&req, limiter.config().trust_forwarded_for);
+    let address = ratelimit::address::client_address(&req, limiter.config());
     let token = bearer_token(req.headers()).map(str::to_owned);
     if let Some(ip) = address
         && let Some(blocked) = limiter.blocked(ip)
@@ -181,7 +181,8 @@ pub async fn bound_request(
 /// Counts requests and their latency by route template and status.
 pub async fn record_metrics(State(_): State<AppState>, req: Request, next: Next) -> Response<Body> {
     let start = Instant::now();
-    let method = req.method().as_str().to_owned();
+    // Bounded: made-up methods share the label "other" (routes are templates or "unmatched").
+    let method = super::edge::method_label(req.method());
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -189,7 +190,11 @@ pub async fn record_metrics(State(_): State<AppState>, req: Request, next: Next)
         .unwrap_or_else(|| "unmatched".to_owned());
     let res = next.run(req).await;
     let status = res.status().as_u16().to_string();
-    let labels = [("method", method), ("route", route), ("status", status)];
+    let labels = [
+        ("method", method.to_owned()),
+        ("route", route),
+        ("status", status),
+    ];
     metrics::counter!("http_requests_total", &labels).increment(1);
     metrics::histogram!("http_request_duration_seconds", &labels)
         .record(start.elapsed().as_secs_f64());

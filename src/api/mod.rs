@@ -6,8 +6,10 @@ mod batch;
 mod compat;
 mod documents;
 mod dto;
+mod edge;
 mod extract;
 mod layers;
+mod openapi;
 mod ops;
 mod profiles;
 
@@ -55,15 +57,17 @@ pub fn router(state: AppState) -> Router {
         // per-user limit, which needs the caller.
         .layer(from_fn_with_state(state.clone(), layers::limit))
         .layer(from_fn_with_state(state.clone(), layers::authenticate));
-    let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (api, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(protected)
         .merge(ops::router())
         .split_for_parts();
+    openapi::add_common_responses(&mut openapi);
 
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .fallback(|| async { ApiError::NotFound("Not found") })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .method_not_allowed_fallback(edge::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(edge::refuse_oversized_body))
         .layer(from_fn_with_state(state.clone(), layers::bound_request))
         .layer(from_fn_with_state(state.clone(), layers::record_metrics))
         .layer(tower_http::trace::TraceLayer::new_for_http())

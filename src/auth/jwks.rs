@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use super::keys::MIN_RSA_MODULUS_BYTES;
 use super::{AuthError, AuthSetupError};
-use crate::config::JwtConfig;
+use crate::config::{JwtConfig, redact_url};
 
 /// Largest JWKS document read; a real one is a few KiB.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -73,6 +73,8 @@ impl KeySet {
 /// The cached JWKS and the machinery to refresh it.
 pub(crate) struct JwksCache {
     url: String,
+    /// `url` with any credentials hidden, for logs.
+    shown_url: String,
     client: reqwest::Client,
     timeout: Duration,
     cache_ttl: Duration,
@@ -92,18 +94,35 @@ impl JwksCache {
     pub(crate) fn new(url: &str, cfg: &JwtConfig) -> Result<Self, AuthSetupError> {
         let parsed =
             reqwest::Url::parse(url).map_err(|e| AuthSetupError::Jwks(format!("bad URL ({e})")))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(AuthSetupError::Jwks("must be an http(s) URL".into()));
+        match parsed.scheme() {
+            "https" => {}
+            "http" if cfg.jwks_allow_http => {
+                tracing::warn!(
+                    url = %redact_url(url),
+                    "JWKS over plain http (jwt.jwks_allow_http): keys can be swapped in transit"
+                );
+            }
+            "http" => {
+                return Err(AuthSetupError::Jwks(
+                    "must be an https URL (set jwt.jwks_allow_http = true to allow plain http, \
+                     e.g. to a sidecar on localhost)"
+                        .into(),
+                ));
+            }
+            _ => return Err(AuthSetupError::Jwks("must be an https URL".into())),
         }
         let timeout = Duration::from_millis(cfg.jwks_timeout_ms.max(1));
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .user_agent(concat!("user-api/", env!("CARGO_PKG_VERSION")))
+            // A redirect could lead anywhere, https to http included: none are followed.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| AuthSetupError::Jwks(format!("HTTP client: {e}")))?;
         Ok(Self {
             url: url.to_owned(),
+            shown_url: redact_url(url),
             client,
             timeout,
             cache_ttl: Duration::from_secs(cfg.jwks_cache_secs),
@@ -120,7 +139,7 @@ impl JwksCache {
     pub(crate) async fn initial_fetch(&self) {
         if self.refresh(Duration::ZERO).await.is_none() {
             tracing::warn!(
-                url = %self.url,
+                url = %self.shown_url,
                 "JWKS could not be fetched at start; the service starts anyway and will \
                  fetch it on first use (requests get 503 until then)"
             );
@@ -224,12 +243,12 @@ impl JwksCache {
         let started = Instant::now();
         match self.fetch().await {
             Ok(set) => {
-                tracing::info!(url = %self.url, keys = set.len(), "JWKS fetched");
+                tracing::info!(url = %self.shown_url, keys = set.len(), "JWKS fetched");
                 self.store(set);
             }
             Err(reason) => {
                 let stale = self.snapshot().is_some();
-                tracing::warn!(url = %self.url, %reason, keeping_previous_set = stale, "JWKS fetch failed");
+                tracing::warn!(url = %self.shown_url, %reason, keeping_previous_set = stale, "JWKS fetch failed");
             }
         }
         // Recorded only once the fetch completed: a cancelled fetch must not throttle the next.
@@ -246,8 +265,11 @@ impl JwksCache {
                 .header(reqwest::header::ACCEPT, "application/json")
                 .send()
                 .await
-                .map_err(|e| format!("request failed: {e}"))?;
+                .map_err(|e| format!("request failed: {}", e.without_url()))?;
             let status = resp.status();
+            if status.is_redirection() {
+                return Err(format!("HTTP status {status}: redirects are not followed"));
+            }
             if !status.is_success() {
                 return Err(format!("HTTP status {status}"));
             }
@@ -255,7 +277,7 @@ impl JwksCache {
             while let Some(chunk) = resp
                 .chunk()
                 .await
-                .map_err(|e| format!("reading body: {e}"))?
+                .map_err(|e| format!("reading body: {}", e.without_url()))?
             {
                 if body.len() + chunk.len() > MAX_JWKS_BYTES {
                     return Err(format!("document larger than {MAX_JWKS_BYTES} bytes"));

@@ -44,6 +44,51 @@ pub struct SqliteRepo {
     max_connections: u32,
 }
 
+/// The database holds personal data: a directory created here is 0700 and a new file
+/// 0600 (SQLite gives its `-wal` and `-shm` files the mode of the database file). An
+/// existing file or directory is left as it is, with a warning when others can read it.
+fn prepare_private_file(path: &std::path::Path) -> std::io::Result<()> {
+    if path.as_os_str().is_empty() || path.to_str() == Some(":memory:") {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
+        }
+        builder.create(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                if let Ok(meta) = std::fs::metadata(path)
+                    && meta.permissions().mode() & 0o077 != 0
+                {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "the SQLite database (personal data) is readable by other users; `chmod 600` it"
+                    );
+                }
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
 impl SqliteRepo {
     /// Opens (creating it and its directory when missing) the database file named by a
     /// `sqlite://path` or `sqlite:path` URL.
@@ -54,10 +99,8 @@ impl SqliteRepo {
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(opts.statement_timeout)
             .foreign_keys(true);
-        let parent = connect.get_filename().parent();
-        if let Some(dir) = parent.filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| DbError::Other(sqlx::Error::Io(e)))?;
-        }
+        prepare_private_file(connect.get_filename())
+            .map_err(|e| DbError::Other(sqlx::Error::Io(e)))?;
         let max = opts.max_connections.max(1);
         let pool = SqlitePoolOptions::new()
             .max_connections(max)

@@ -82,13 +82,20 @@ pub struct ProfileInput {
     /// Must equal the caller's id unless the caller is an admin; defaults to it.
     #[schema(value_type = Option<String>, format = Uuid)]
     pub user_id: Option<String>,
+    #[schema(value_type = Option<String>, max_length = 255, pattern = "^[^\\u0000]*$")]
     pub first_name: Option<String>,
+    #[schema(value_type = Option<String>, max_length = 255, pattern = "^[^\\u0000]*$")]
     pub last_name: Option<String>,
+    #[schema(value_type = Option<String>, max_length = 255, pattern = "^[^\\u0000]*$")]
     pub name: Option<String>,
+    #[schema(value_type = Option<String>, format = Email, max_length = 255)]
     pub email: Option<String>,
+    #[schema(value_type = Option<String>, max_length = 255, pattern = "^[^\\u0000]*$")]
     pub phone: Option<String>,
+    #[schema(value_type = Option<String>, max_length = 1000, pattern = "^[^\\u0000]*$")]
     pub address: Option<String>,
     /// `YYYY-MM-DD`.
+    #[schema(value_type = Option<String>, format = Date)]
     pub date_of_birth: Option<String>,
 }
 
@@ -114,26 +121,26 @@ impl ProfileInput {
 #[serde(deny_unknown_fields)]
 pub struct ProfilePatchInput {
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 255, pattern = "^[^\\u0000]*$")]
     pub first_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 255, pattern = "^[^\\u0000]*$")]
     pub last_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 255, pattern = "^[^\\u0000]*$")]
     pub name: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = Email, max_length = 255)]
     pub email: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 255, pattern = "^[^\\u0000]*$")]
     pub phone: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 1000, pattern = "^[^\\u0000]*$")]
     pub address: Option<Option<String>>,
     /// `YYYY-MM-DD`, or `null` to clear.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, format = Date)]
     pub date_of_birth: Option<Option<String>>,
 }
 

@@ -25,17 +25,31 @@ struct Shard {
 /// Windowed counters in process memory.
 pub struct MemoryStore {
     shards: Vec<Mutex<Shard>>,
+    /// Most live counters per shard; past it, new keys share one overflow counter.
+    max_per_shard: usize,
 }
 
 impl Default for MemoryStore {
     fn default() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            max_per_shard: usize::MAX,
         }
     }
 }
 
 impl MemoryStore {
+    /// A store holding at most about `max_keys` counters. Once full, a key it does not
+    /// hold yet counts on its shard's shared overflow counter for the window: memory stays
+    /// bounded whatever keys clients can make up (addresses), and the overflow is limited
+    /// as one client, so a flood spread over more keys than fit is still refused.
+    pub fn bounded(max_keys: usize) -> Self {
+        Self {
+            max_per_shard: max_keys.div_ceil(SHARDS).max(1),
+            ..Self::default()
+        }
+    }
+
     /// Counts one request against `key` in `window` and returns the new count.
     pub fn hit(&self, key: &str, window: &Window, now_ms: u64) -> Count {
         let mut hasher = DefaultHasher::new();
@@ -46,6 +60,17 @@ impl MemoryStore {
             // Keys name their window, so an entry past its end can never be hit again.
             shard.counters.retain(|_, (_, end)| *end > now_ms);
             shard.last_sweep_ms = now_ms;
+        }
+        let mut key = key;
+        let overflow;
+        if !shard.counters.contains_key(key) && shard.counters.len() >= self.max_per_shard {
+            shard.counters.retain(|_, (_, end)| *end > now_ms);
+            shard.last_sweep_ms = now_ms;
+            if shard.counters.len() >= self.max_per_shard {
+                metrics::counter!("ratelimit_memory_overflow_total").increment(1);
+                overflow = format!("\0overflow:{}", window.end_ms);
+                key = &overflow;
+            }
         }
         let count = match shard.counters.get_mut(key) {
             Some((count, _)) => {
@@ -102,6 +127,33 @@ mod tests {
             store.hit(&format!("y{i}"), &later, 20_000);
         }
         assert_eq!(store.len(), 64, "every counter of past windows is evicted");
+    }
+
+    #[test]
+    fn a_bounded_store_overflows_into_one_counter() {
+        let store = MemoryStore::bounded(SHARDS * 4);
+        let w = Window::at(0, 3600);
+        let mut counts = Vec::new();
+        for i in 0..10_000 {
+            counts.push(
+                store
+                    .hit(&format!("rate:ip:10.0.{}.{}:h", i / 256, i % 256), &w, 1)
+                    .count,
+            );
+        }
+        // Never more than the bound plus one overflow counter per shard.
+        assert!(store.len() <= SHARDS * 5, "{}", store.len());
+        // Keys past the bound share counters: the flood is counted, not forgotten.
+        assert!(
+            counts.iter().any(|c| *c > 100),
+            "overflow counts accumulate"
+        );
+        // A key already held keeps its own count.
+        let held = "rate:ip:10.0.0.0:h";
+        assert_eq!(store.hit(held, &w, 1).count, 2);
+        // Next window: old counters are swept and new keys fit again.
+        let next = Window::at(3_600_000, 3600);
+        assert_eq!(store.hit("fresh", &next, 3_600_001).count, 1);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! The HTTP side (headers, the axum middleware) lives in [`headers`] and [`middleware`];
 //! everything else here knows nothing of HTTP.
 
+pub mod address;
 pub mod headers;
 pub mod memory;
 pub mod middleware;
@@ -92,6 +93,8 @@ enum Fallback {
 
 /// Most addresses remembered as over their limit before expired ones are swept.
 const MAX_BLOCKED: usize = 100_000;
+/// Most per-address counters kept in process (with no Redis, or while it is down).
+const MAX_ADDRESS_COUNTERS: usize = 100_000;
 /// Store failures are logged at most this often (every one is counted in metrics).
 const LOG_EVERY_MS: u64 = 10_000;
 
@@ -101,6 +104,8 @@ struct Inner {
     redis: Option<RedisStore>,
     /// The store without Redis; the fallback while Redis is unreachable.
     local: MemoryStore,
+    /// The in-process per-address counters: bounded, since clients choose addresses.
+    local_addresses: MemoryStore,
     /// Addresses over their per-address limit → end of their window (Unix ms).
     blocked: RwLock<HashMap<IpAddr, u64>>,
     last_error_log_ms: AtomicU64,
@@ -129,6 +134,7 @@ impl Limiter {
                 config: config.clone(),
                 redis: redis.map(RedisStore::new),
                 local: MemoryStore::default(),
+                local_addresses: MemoryStore::bounded(MAX_ADDRESS_COUNTERS),
                 blocked: RwLock::new(HashMap::new()),
                 last_error_log_ms: AtomicU64::new(0),
             }),
@@ -233,7 +239,7 @@ impl Limiter {
         let count = match self.count(&key, &window, now, None, Fallback::Always).await {
             Ok((c, _)) => c,
             // Unreachable with `Fallback::Always`; decide locally all the same.
-            Err(LimitError::Unavailable) => self.inner.local.hit(&key, &window, now),
+            Err(LimitError::Unavailable) => self.inner.local_addresses.hit(&key, &window, now),
         };
         let decision = self.decide(Policy::PerAddress, count);
         if !decision.allowed() {
@@ -278,8 +284,13 @@ impl Limiter {
         extra: Option<&::redis::Cmd>,
         fallback: Fallback,
     ) -> Result<(Count, Option<::redis::Value>), LimitError> {
+        // Per-address counting is the only caller that always falls back.
+        let local = match fallback {
+            Fallback::Always => &self.inner.local_addresses,
+            Fallback::PerFailMode => &self.inner.local,
+        };
         let Some(redis) = &self.inner.redis else {
-            return Ok((self.inner.local.hit(key, window, now), None));
+            return Ok((local.hit(key, window, now), None));
         };
         let outcome = match extra {
             Some(cmd) => redis.hit_with(key, window, cmd).await,
@@ -295,7 +306,7 @@ impl Limiter {
                 metrics::counter!("ratelimit_fallback_total").increment(1);
                 // The local counter starts from zero: each instance enforces the policy
                 // on its own traffic until Redis answers again.
-                Ok((self.inner.local.hit(key, window, window::now_ms()), None))
+                Ok((local.hit(key, window, window::now_ms()), None))
             }
         }
     }

@@ -133,6 +133,11 @@ impl TestApp {
         }
     }
 
+    /// Starts a graceful shutdown (as SIGTERM does in the binary).
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
     /// A URL on this instance.
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)

@@ -1,0 +1,256 @@
+//! The client address a request is limited as, and the proxies trusted to name it.
+//!
+//! Behind nginx or a cloud load balancer, `X-Forwarded-For` is a list that each proxy
+//! *appends* to: whatever the client wrote comes first, so its first entry is the one
+//! address a client can choose freely. The client is therefore taken from the right: the
+//! right-most entry that is not itself a trusted proxy, and only when the TCP peer is a
+//! trusted proxy (else the header is the client's own and is ignored).
+//!
+//! - `rate_limits.trusted_proxies = ["10.0.0.0/8", "2001:db8::/32"]` (or the plain
+//!   variable `TRUSTED_PROXIES=10.0.0.0/8,2001:db8::/32`): the proxies, as CIDRs or single
+//!   addresses. A peer in them is a proxy; entries in them are skipped.
+//! - `rate_limits.trust_forwarded_for = true`: every peer counts as a proxy (for a proxy
+//!   whose address you cannot list). With no `trusted_proxies` this takes the right-most
+//!   entry — the address the one proxy in front of the service saw — and never the first.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+
+use axum::extract::{ConnectInfo, Request};
+use axum::http::HeaderMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::config::RateLimitConfig;
+
+/// An address block: `10.0.0.0/8`, `2001:db8::/32`, or one address (`192.0.2.1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// True when `ip` (IPv4-mapped IPv6 counts as IPv4) is inside the block.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.net, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let net = addr
+            .parse::<IpAddr>()
+            .map_err(|_| format!("`{s}` is not an address or CIDR block"))?
+            .to_canonical();
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{s}`: the prefix length must be 0 to {max}"))?,
+            None => max,
+        };
+        Ok(Self { net, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.net, self.prefix)
+    }
+}
+
+impl Serialize for Cidr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The address `req` is limited as: its TCP peer, or, when the peer is a trusted proxy,
+/// the right-most `X-Forwarded-For` entry that is not a trusted proxy (see the module
+/// docs). `None` only when the peer is unknown (a request not from the server's loop).
+pub fn client_address(req: &Request, config: &RateLimitConfig) -> Option<IpAddr> {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| peer.ip())?;
+    Some(limited_unit(client_ip(peer, req.headers(), config)))
+}
+
+/// [`client_address`] before it is reduced to its [`limited_unit`].
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, config: &RateLimitConfig) -> IpAddr {
+    let trusted = |ip: IpAddr| config.trusted_proxies.iter().any(|c| c.contains(ip));
+    if !(config.trust_forwarded_for || trusted(peer)) {
+        return peer.to_canonical();
+    }
+    // Every X-Forwarded-For field, in order, is one list.
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    // Walk from the nearest hop outwards; the first that is not a trusted proxy is the client.
+    let mut nearest = peer.to_canonical();
+    for entry in entries.iter().rev() {
+        match parse_entry(entry) {
+            Some(ip) if trusted(ip) => nearest = ip,
+            Some(ip) => return ip,
+            // Garbage where an address should be: nothing to the left of it can be trusted,
+            // so the request counts as coming from the last hop that was understood.
+            None => return nearest,
+        }
+    }
+    nearest
+}
+
+/// An `X-Forwarded-For` entry: an address, `addr:port`, or `[v6]:port`.
+fn parse_entry(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        .map(|ip| ip.to_canonical())
+}
+
+/// The unit an address is limited as: an IPv4 address (IPv4-mapped IPv6 included) as
+/// itself, an IPv6 address as its /64, since one host usually holds a whole /64 and could
+/// otherwise rotate through it to escape the per-address limit.
+pub fn limited_unit(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(trust_all: bool, proxies: &[&str]) -> RateLimitConfig {
+        RateLimitConfig {
+            trust_forwarded_for: trust_all,
+            trusted_proxies: proxies.iter().map(|p| p.parse().unwrap()).collect(),
+            ..RateLimitConfig::default()
+        }
+    }
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_is_limited_per_64_and_ipv4_per_address() {
+        let a = ip("2001:db8:1:2:aaaa::1");
+        let b = ip("2001:db8:1:2:ffff::9");
+        let c = ip("2001:db8:1:3::1");
+        assert_eq!(limited_unit(a), limited_unit(b));
+        assert_ne!(limited_unit(a), limited_unit(c));
+        assert_eq!(limited_unit(a).to_string(), "2001:db8:1:2::");
+        let v4 = ip("192.0.2.7");
+        assert_eq!(limited_unit(v4), v4);
+        assert_eq!(limited_unit(ip("::ffff:192.0.2.7")), v4);
+    }
+
+    #[test]
+    fn cidrs_parse_and_match() {
+        let c: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(c.contains(ip("10.200.1.1")));
+        assert!(c.contains(ip("::ffff:10.1.1.1")));
+        assert!(!c.contains(ip("11.0.0.1")));
+        let one: Cidr = "192.0.2.1".parse().unwrap();
+        assert!(one.contains(ip("192.0.2.1")) && !one.contains(ip("192.0.2.2")));
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(v6.contains(ip("2001:db8:ffff::1")) && !v6.contains(ip("2001:db9::1")));
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(ip("203.0.113.9")));
+        for bad in ["10.0.0.0/33", "nope", "10.0.0.0/", "::/129", ""] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+        assert_eq!(c.to_string(), "10.0.0.0/8");
+    }
+
+    #[test]
+    fn untrusted_peers_cannot_name_an_address() {
+        let h = xff(&["203.0.113.9"]);
+        assert_eq!(
+            client_ip(ip("198.51.100.1"), &h, &config(false, &[])),
+            ip("198.51.100.1")
+        );
+        assert_eq!(
+            client_ip(ip("198.51.100.1"), &h, &config(false, &["10.0.0.0/8"])),
+            ip("198.51.100.1")
+        );
+    }
+
+    #[test]
+    fn the_right_most_untrusted_entry_is_the_client() {
+        let c = config(false, &["10.0.0.0/8"]);
+        // The client spoofed a first entry; the proxy appended the real one.
+        let h = xff(&["1.2.3.4, 203.0.113.9"]);
+        assert_eq!(client_ip(ip("10.0.0.5"), &h, &c), ip("203.0.113.9"));
+        // Two proxy hops, over two header fields.
+        let h = xff(&["1.2.3.4", "203.0.113.9, 10.1.1.1"]);
+        assert_eq!(client_ip(ip("10.0.0.5"), &h, &c), ip("203.0.113.9"));
+        // Ports and brackets are tolerated.
+        let h = xff(&["[2001:db8::7]:5555"]);
+        assert_eq!(client_ip(ip("10.0.0.5"), &h, &c), ip("2001:db8::7"));
+        // Garbage right of the client: the last understood hop.
+        let h = xff(&["203.0.113.9, bogus, 10.1.1.1"]);
+        assert_eq!(client_ip(ip("10.0.0.5"), &h, &c), ip("10.1.1.1"));
+        // No header: the proxy itself.
+        assert_eq!(
+            client_ip(ip("10.0.0.5"), &HeaderMap::new(), &c),
+            ip("10.0.0.5")
+        );
+    }
+
+    #[test]
+    fn trust_forwarded_for_takes_the_last_entry_not_the_first() {
+        let c = config(true, &[]);
+        let h = xff(&["1.2.3.4, 203.0.113.9"]);
+        assert_eq!(client_ip(ip("198.51.100.1"), &h, &c), ip("203.0.113.9"));
+    }
+}

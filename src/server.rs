@@ -1,0 +1,450 @@
+//! The HTTP/1.1 edge: our own accept loop over hyper, so that slow, odd and hostile
+//! clients are cut off instead of holding connections forever (`axum::serve` runs hyper
+//! without a timer, so it has no header or idle timeouts at all).
+//!
+//! What a connection may do (all in `[server]`, see the README's "Running it safely"):
+//!
+//! - **Header read timeout** (`header_read_timeout_ms`): a request's head must be complete
+//!   within this time of its first byte (for a connection's first request, of the accept).
+//!   Trickling headers one byte at a time, or sending half a head and going quiet, is cut
+//!   off there.
+//! - **Idle keep-alive timeout** (`keep_alive_timeout_ms`): a connection with no request in
+//!   flight and no new bytes is closed after this long.
+//! - **Connection cap** (`max_connections`): at the cap the loop stops accepting until a
+//!   connection ends; new clients wait in the kernel's backlog.
+//! - **Head size**: hyper's read buffer is capped (`MAX_HEAD_BYTES`), so a larger head is
+//!   refused with 431 rather than buffered.
+//!
+//! Early answers and unread bodies: when the application answers without reading the whole
+//! request body (a 401, 403, 413, 415 or 429 decided on the head alone), hyper would close
+//! the connection after the response without saying so, and a client that then sends its
+//! body and reuses the connection gets a reset. Here the unread rest of a small body of
+//! known length (at most [`DRAIN_MAX_BYTES`]) is read and discarded after the response,
+//! within `header_read_timeout_ms`, so the connection stays usable; any other unread body
+//! (chunked, larger, or behind `Expect: 100-continue`) gets `Connection: close` on the
+//! response, so the client knows not to reuse the connection.
+//!
+//! Graceful shutdown: cancelling the token stops the accept loop and asks every
+//! connection to close after its in-flight request; [`serve`] returns once all have.
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderValue, Request, Response, header};
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::config::ServerConfig;
+
+/// Largest unread request body drained after an early answer to keep the connection.
+pub const DRAIN_MAX_BYTES: u64 = 64 * 1024;
+/// Largest request head (request line and headers) buffered: hyper answers 431 past it.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// The limits one connection runs under.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub header_read_timeout: Duration,
+    pub keep_alive_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl ConnLimits {
+    /// The limits of the `[server]` table.
+    pub fn from_config(c: &ServerConfig) -> Self {
+        Self {
+            header_read_timeout: Duration::from_millis(c.header_read_timeout_ms),
+            keep_alive_timeout: Duration::from_millis(c.keep_alive_timeout_ms),
+            max_connections: c.max_connections,
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled and every connection has
+/// finished its in-flight request.
+pub async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: ConnLimits,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let tracker = TaskTracker::new();
+    let epoch = Instant::now();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        // Our own watchdog below times heads and idle connections (hyper's timer starts at
+        // the end of the previous response, so it cannot tell an idle connection from a
+        // slow head); hyper's stays off.
+        .header_read_timeout(None)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .keep_alive(true);
+    let builder = Arc::new(builder);
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning, as axum::serve does.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let builder = builder.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            metrics::gauge!("http_connections_open").increment(1.0);
+            serve_connection(stream, peer, router, &builder, limits, epoch, shutdown).await;
+            metrics::gauge!("http_connections_open").decrement(1.0);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+/// Where a connection is in its life, for the watchdog.
+const HEAD: u8 = 0;
+const BUSY: u8 = 1;
+const IDLE: u8 = 2;
+
+/// Shared between a connection's socket wrapper, its requests and its watchdog.
+struct ConnState {
+    epoch: Instant,
+    /// `HEAD`: reading a request head; `BUSY`: a request in flight; `IDLE`: between requests.
+    phase: AtomicU8,
+    /// When the current phase began, in ms since `epoch`.
+    since_ms: AtomicU64,
+    /// Requests (and drains) still in flight.
+    in_flight: AtomicUsize,
+    changed: Notify,
+}
+
+impl ConnState {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn enter(&self, phase: u8) {
+        self.since_ms.store(self.now_ms(), Ordering::Release);
+        self.phase.store(phase, Ordering::Release);
+        self.changed.notify_one();
+    }
+
+    /// Bytes arrived: an idle connection starts reading a head.
+    fn on_bytes(&self) {
+        if self.phase.load(Ordering::Acquire) == IDLE {
+            self.enter(HEAD);
+        }
+    }
+
+    /// A request head is complete: busy until the returned guard (and its clones) drop.
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.enter(BUSY);
+        Busy(Arc::new(BusyInner(self.clone())))
+    }
+}
+
+/// Keeps a connection busy (no idle or head timeout) while alive.
+#[derive(Clone)]
+struct Busy(#[allow(dead_code)] Arc<BusyInner>);
+
+struct BusyInner(Arc<ConnState>);
+
+impl Drop for BusyInner {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.enter(IDLE);
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: axum::Router,
+    builder: &hyper::server::conn::http1::Builder,
+    limits: ConnLimits,
+    epoch: Instant,
+    shutdown: CancellationToken,
+) {
+    let state = Arc::new(ConnState {
+        epoch,
+        phase: AtomicU8::new(HEAD),
+        since_ms: AtomicU64::new(0),
+        in_flight: AtomicUsize::new(0),
+        changed: Notify::new(),
+    });
+    state.since_ms.store(state.now_ms(), Ordering::Release);
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        state: state.clone(),
+    });
+    let drain_within = limits.header_read_timeout;
+    let svc_state = state.clone();
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let busy = svc_state.begin();
+        handle(router.clone(), req, peer, busy, drain_within)
+    });
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let mut shutting_down = false;
+    loop {
+        let phase = state.phase.load(Ordering::Acquire);
+        let since = state.since_ms.load(Ordering::Acquire);
+        let limit = match phase {
+            HEAD => Some(limits.header_read_timeout),
+            IDLE => Some(limits.keep_alive_timeout),
+            _ => None,
+        };
+        let deadline =
+            limit.map(|l| tokio::time::Instant::from_std(epoch + Duration::from_millis(since) + l));
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = state.changed.notified() => {}
+            _ = shutdown.cancelled(), if !shutting_down => {
+                shutting_down = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = sleep_until(deadline) => {
+                // Still the same phase, begun at the same time: the limit has passed.
+                if state.phase.load(Ordering::Acquire) == phase
+                    && state.since_ms.load(Ordering::Acquire) == since
+                {
+                    let which = if phase == HEAD { "header" } else { "idle" };
+                    metrics::counter!("http_connections_timed_out_total", "phase" => which)
+                        .increment(1);
+                    tracing::debug!(phase = which, "closing a slow or idle connection");
+                    // No request is in flight: dropping the connection closes the socket.
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One request: the router's answer, then what to do about a body it left unread.
+async fn handle(
+    router: axum::Router,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    busy: Busy,
+    drain_within: Duration,
+) -> Result<Response<Body>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let expects_continue = parts.headers.contains_key(header::EXPECT);
+    let (tx, mut rx) = oneshot::channel();
+    let body = Body::new(ReturnUnread {
+        inner: Some(body),
+        back: Some(tx),
+    });
+    let mut req = Request::from_parts(parts, body);
+    req.extensions_mut().insert(ConnectInfo(peer));
+    let mut res = match router.oneshot(req).await {
+        Ok(res) => res,
+        Err(never) => match never {},
+    };
+    if let Ok(unread) = rx.try_recv() {
+        let left = unread.size_hint().exact();
+        match left {
+            Some(n) if n <= DRAIN_MAX_BYTES && !expects_continue => {
+                // Read and discard the rest after the response, so the client may reuse
+                // the connection; a client too slow to send it loses the connection.
+                let busy = busy.clone();
+                tokio::spawn(drain(unread, drain_within, busy));
+            }
+            _ => {
+                res.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+        }
+    }
+    Ok(res.map(|b| {
+        Body::new(BusyBody {
+            inner: b,
+            _busy: busy,
+        })
+    }))
+}
+
+async fn drain(mut body: Incoming, within: Duration, _busy: Busy) {
+    use http_body_util::BodyExt;
+    let read = async {
+        let mut total = 0u64;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => {
+                    if let Some(d) = f.data_ref() {
+                        total += d.len() as u64;
+                        if total > DRAIN_MAX_BYTES {
+                            return;
+                        }
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(within, read).await;
+}
+
+/// The request body as the application sees it; dropped before its end, it hands the
+/// rest back to [`handle`] instead of letting hyper close the connection.
+struct ReturnUnread {
+    inner: Option<Incoming>,
+    back: Option<oneshot::Sender<Incoming>>,
+}
+
+impl HttpBody for ReturnUnread {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.inner.as_mut() {
+            Some(b) => Pin::new(b).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(HttpBody::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map(HttpBody::size_hint)
+            .unwrap_or_else(|| SizeHint::with_exact(0))
+    }
+}
+
+impl Drop for ReturnUnread {
+    fn drop(&mut self) {
+        if let (Some(body), Some(back)) = (self.inner.take(), self.back.take())
+            && !body.is_end_stream()
+        {
+            let _ = back.send(body);
+        }
+    }
+}
+
+/// The response body, holding the connection busy until hyper has written it.
+struct BusyBody {
+    inner: Body,
+    _busy: Busy,
+}
+
+impl HttpBody for BusyBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The socket, noting when bytes arrive on an idle connection.
+struct Watched {
+    inner: TcpStream,
+    state: Arc<ConnState>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.state.on_bytes();
+        }
+        res
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}

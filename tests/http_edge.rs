@@ -1,0 +1,619 @@
+//! The HTTP edge against slow, odd and hostile clients, over raw TCP sockets to the real
+//! service: header and idle timeouts, the connection cap, early answers that keep (or
+//! honestly close) the connection, declared-oversized bodies, metric labels that clients
+//! cannot mint, error series present from the start, and the client address behind
+//! trusted proxies.
+//!
+//! The timeouts are configured short (about a second), so each test runs in seconds.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::{Backend, TestApp, test_config, token};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use user_api::config::Config;
+use user_api::domain::UserId;
+
+const HEADER_TIMEOUT_MS: u64 = 1000;
+const IDLE_TIMEOUT_MS: u64 = 1500;
+
+async fn edge_config() -> Config {
+    let mut c = test_config(Backend::Sqlite).await;
+    c.server.header_read_timeout_ms = HEADER_TIMEOUT_MS;
+    c.server.keep_alive_timeout_ms = IDLE_TIMEOUT_MS;
+    c
+}
+
+fn addr(app: &TestApp) -> SocketAddr {
+    app.base.trim_start_matches("http://").parse().unwrap()
+}
+
+async fn connect(app: &TestApp) -> TcpStream {
+    TcpStream::connect(addr(app)).await.expect("connect")
+}
+
+/// Whether the server has closed `s` (EOF or reset), waiting at most `wait`.
+async fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            // Data (a response): keep reading until EOF or the deadline.
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// A response read off a keep-alive connection.
+struct Resp {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+
+    fn closes(&self) -> bool {
+        self.header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+}
+
+/// Reads one response (head and a Content-Length body) within `wait`.
+async fn read_response(s: &mut TcpStream, wait: Duration) -> Option<Resp> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+            let status = head.split(' ').nth(1)?.parse().ok()?;
+            let mut r = Resp {
+                status,
+                head,
+                body: Vec::new(),
+            };
+            let len: usize = r
+                .header("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = raw[end + 4..].to_vec();
+            while body.len() < len {
+                match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => body.extend_from_slice(&buf[..n]),
+                    _ => return None,
+                }
+            }
+            r.body = body;
+            return Some(r);
+        }
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => raw.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+}
+
+const HEALTH: &[u8] = b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_trickled_one_byte_at_a_time_are_cut_off() {
+    let app = TestApp::spawn_with(edge_config().await).await;
+    let mut s = connect(&app).await;
+    let started = Instant::now();
+    let head = b"GET /health HTTP/1.1\r\nHost: t\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+    let mut closed_after = None;
+    for byte in head.iter().cycle().take(100) {
+        if s.write_all(&[*byte]).await.is_err()
+            || closed_within(&mut s, Duration::from_millis(200)).await
+        {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+    }
+    let after = closed_after.expect("a trickling client is never cut off");
+    assert!(
+        after >= Duration::from_millis(HEADER_TIMEOUT_MS - 100)
+            && after < Duration::from_millis(HEADER_TIMEOUT_MS + 1500),
+        "closed after {after:?}, expected about {HEADER_TIMEOUT_MS} ms"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_head_then_silence_and_a_silent_connection_are_closed() {
+    let app = TestApp::spawn_with(edge_config().await).await;
+    let mut partial = connect(&app).await;
+    partial
+        .write_all(b"GET /health HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
+    let mut silent = connect(&app).await;
+    let started = Instant::now();
+    assert!(
+        closed_within(
+            &mut partial,
+            Duration::from_millis(HEADER_TIMEOUT_MS + 1500)
+        )
+        .await
+    );
+    assert!(closed_within(&mut silent, Duration::from_millis(500)).await);
+    assert!(started.elapsed() >= Duration::from_millis(HEADER_TIMEOUT_MS - 100));
+    let m = app.metrics().await;
+    assert!(
+        m.lines().any(
+            |l| l.starts_with("http_connections_timed_out_total{phase=\"header\"}")
+                && !l.ends_with(" 0")
+        ),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let app = TestApp::spawn_with(edge_config().await).await;
+    let mut s = connect(&app).await;
+    s.write_all(HEALTH).await.unwrap();
+    let r = read_response(&mut s, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert!(!r.closes());
+    // Reused within the idle timeout: still served.
+    tokio::time::sleep(Duration::from_millis(IDLE_TIMEOUT_MS / 2)).await;
+    s.write_all(HEALTH).await.unwrap();
+    let r = read_response(&mut s, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(r.status, 200);
+    let idle_from = Instant::now();
+    assert!(
+        !closed_within(&mut s, Duration::from_millis(IDLE_TIMEOUT_MS - 400)).await,
+        "closed before the idle timeout"
+    );
+    assert!(
+        closed_within(&mut s, Duration::from_millis(1500)).await,
+        "an idle connection stays open"
+    );
+    let idle = idle_from.elapsed();
+    assert!(
+        idle >= Duration::from_millis(IDLE_TIMEOUT_MS - 100),
+        "{idle:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_connections_holding_8_kib_heads_are_all_closed() {
+    let app = TestApp::spawn_with(edge_config().await).await;
+    let mut conns = Vec::new();
+    let filler = format!(
+        "GET /health HTTP/1.1\r\nHost: t\r\nX-Fill: {}\r\n",
+        "a".repeat(8 * 1024)
+    );
+    for _ in 0..1000 {
+        let mut s = connect(&app).await;
+        s.write_all(filler.as_bytes()).await.unwrap();
+        conns.push(s);
+    }
+    // Meanwhile an honest client is served.
+    let res = app.get_anonymous("/health").await;
+    assert_eq!(res.status(), 200);
+    let deadline = Duration::from_millis(HEADER_TIMEOUT_MS + 3000);
+    let started = Instant::now();
+    let mut open = 0;
+    for s in &mut conns {
+        let left = deadline.saturating_sub(started.elapsed());
+        if !closed_within(s, left.max(Duration::from_millis(10))).await {
+            open += 1;
+        }
+    }
+    assert_eq!(open, 0, "connections still open after {deadline:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_cap_new_clients_wait_for_a_free_slot() {
+    let mut c = edge_config().await;
+    c.server.max_connections = 3;
+    c.server.header_read_timeout_ms = 5000;
+    let app = TestApp::spawn_with(c).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = connect(&app).await;
+        // Each holds its slot with a half-sent head.
+        s.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut waiting = connect(&app).await; // queued in the kernel's backlog
+    waiting.write_all(HEALTH).await.unwrap();
+    assert!(
+        read_response(&mut waiting, Duration::from_millis(700))
+            .await
+            .is_none(),
+        "a fourth connection was served past the cap of 3"
+    );
+    drop(held.pop());
+    let r = read_response(&mut waiting, Duration::from_secs(3))
+        .await
+        .expect("served once a slot is free");
+    assert_eq!(r.status, 200);
+}
+
+/// Sends `head` (a request whose body is not sent yet), reads the early answer, then
+/// sends the body and a second request on the same connection: the second must be
+/// answered unless the first said `Connection: close`.
+async fn early_answer_then_reuse(app: &TestApp, head: String, body: &[u8]) -> Resp {
+    let mut s = connect(app).await;
+    s.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let first = read_response(&mut s, Duration::from_secs(3))
+        .await
+        .expect("answered before the body is sent");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the early answer waited for the body"
+    );
+    let sent = s.write_all(body).await.is_ok() && s.write_all(HEALTH).await.is_ok();
+    if first.closes() {
+        // Honest: the client was told not to reuse the connection.
+        assert!(closed_within(&mut s, Duration::from_secs(3)).await);
+    } else {
+        assert!(sent, "writing the body and the next request failed");
+        let second = read_response(&mut s, Duration::from_secs(3))
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "status {} without Connection: close, but the connection was not reusable",
+                    first.status
+                )
+            });
+        assert_eq!(second.status, 200);
+    }
+    first
+}
+
+fn post(path: &str, token: Option<&str>, content_type: &str, len: usize) -> String {
+    request("POST", path, token, content_type, len)
+}
+
+fn request(
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    len: usize,
+) -> String {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\n{auth}Content-Type: {content_type}\r\nContent-Length: {len}\r\n\r\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_rejections_keep_the_connection_usable() {
+    let mut c = edge_config().await;
+    c.rate_limits.profiles_update = 2;
+    let app = TestApp::spawn_with(c).await;
+    let id = UserId::random();
+    let t = token(id, false);
+    // Write 1 of 2 in this window.
+    app.create_profile(id, serde_json::json!({})).await;
+    let body = br#"{"name": "early answer test"}"#;
+    // 401: no token.
+    let r = early_answer_then_reuse(
+        &app,
+        post("/api/profiles", None, "application/json", body.len()),
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert!(!r.closes(), "a small body is drained, the connection kept");
+    // 415: wrong content type, decided before the body is read (write 2 of 2).
+    let r = early_answer_then_reuse(
+        &app,
+        post("/api/profiles", Some(&t), "text/plain", body.len()),
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 415);
+    assert!(!r.closes());
+    // 429: the writes of the window are used up.
+    let r = early_answer_then_reuse(
+        &app,
+        request(
+            "PATCH",
+            &format!("/api/profiles/{id}"),
+            Some(&t),
+            "application/json",
+            body.len(),
+        ),
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    assert!(!r.closes());
+    // (A 403 is decided only after the body is read: the body extractor runs first, so it
+    // is never an early answer.)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_bodies_that_cannot_be_drained_get_connection_close() {
+    let app = TestApp::spawn_with(edge_config().await).await;
+    // Chunked: the length is unknown, so the connection is closed, and says so.
+    let head = "POST /api/profiles HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_owned();
+    let r = early_answer_then_reuse(&app, head, b"2\r\n{}\r\n0\r\n\r\n").await;
+    assert_eq!(r.status, 401);
+    assert!(r.closes(), "{}", r.head);
+    // Expect: 100-continue: the client has not sent the body and will not; close.
+    let head = "POST /api/profiles HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n".to_owned();
+    let r = early_answer_then_reuse(&app, head, b"{}").await;
+    assert_eq!(r.status, 401);
+    assert!(r.closes(), "{}", r.head);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declared_huge_body_is_413_at_once() {
+    let app = TestApp::spawn_with(edge_config().await).await;
+    let t = token(UserId::random(), false);
+    for (path, auth) in [("/api/profiles", Some(t.as_str())), ("/api/profiles", None)] {
+        let mut s = connect(&app).await;
+        s.write_all(post(path, auth, "application/json", 100_000_000).as_bytes())
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let r = read_response(&mut s, Duration::from_secs(3))
+            .await
+            .expect("answered without the body");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(r.status, 413, "{}", r.head);
+        assert!(
+            r.closes(),
+            "the unread body makes the connection unusable: {}",
+            r.head
+        );
+        let detail: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert!(detail["detail"].is_string());
+        assert!(closed_within(&mut s, Duration::from_secs(2)).await);
+    }
+}
+
+fn method_labels(metrics: &str) -> std::collections::BTreeSet<String> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("http_requests_total{"))
+        .filter_map(|l| {
+            let i = l.find("method=\"")? + 8;
+            Some(l[i..i + l[i..].find('"')?].to_owned())
+        })
+        .collect()
+}
+
+fn series(metrics: &str) -> String {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("http_requests_total{"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn series_count(metrics: &str) -> usize {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("http_requests_total{")
+                || l.starts_with("http_request_duration_seconds_count{")
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invented_methods_mint_no_metric_series() {
+    let app = TestApp::spawn_with(edge_config().await).await;
+    let paths = ["/health", "/api/profiles/me", "/nowhere"];
+    let send = |method: String, path: &'static str| {
+        let app_addr = addr(&app);
+        async move {
+            let mut s = TcpStream::connect(app_addr).await.unwrap();
+            let req = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+            s.write_all(req.as_bytes()).await.unwrap();
+            read_response(&mut s, Duration::from_secs(3))
+                .await
+                .map(|r| r.status)
+        }
+    };
+    // One invented method first, so the "other" series exist.
+    for p in paths {
+        send("WARMUP".into(), p).await;
+    }
+    app.metrics().await; // the scrape's own series
+    let before = app.metrics().await;
+    for i in 0..100 {
+        for p in paths {
+            let status = send(format!("FLOOD{i}"), p).await;
+            assert!(status.is_none_or(|s| s < 500), "{status:?}");
+        }
+    }
+    for p in paths {
+        send("M".repeat(4000), p).await;
+    }
+    let after = app.metrics().await;
+    assert_eq!(
+        series_count(&before),
+        series_count(&after),
+        "the flood added series:\nbefore:\n{}\nafter:\n{}",
+        series(&before),
+        series(&after)
+    );
+    let labels = method_labels(&after);
+    assert!(labels.contains("other"), "{labels:?}");
+    for l in &labels {
+        assert!(
+            [
+                "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+                "other"
+            ]
+            .contains(&l.as_str()),
+            "a client-made label: {l}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_series_are_zero_right_after_start() {
+    let app = TestApp::spawn_with(edge_config().await).await;
+    let m = app.metrics().await;
+    for series in [
+        "db_errors_total{kind=\"unavailable\"} 0",
+        "db_errors_total{kind=\"other\"} 0",
+        "redis_errors_total{kind=\"timeout\"} 0",
+        "redis_errors_total{kind=\"io\"} 0",
+        "ratelimit_store_errors_total 0",
+        "ratelimit_fallback_total 0",
+        "ratelimit_rejections_total{policy=\"per-address\"} 0",
+        "http_connections_timed_out_total{phase=\"idle\"} 0",
+    ] {
+        assert!(
+            m.lines().any(|l| l == series),
+            "missing `{series}` in:\n{m}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_a_route_lacks_count_against_the_address() {
+    let mut c = edge_config().await;
+    c.rate_limits.per_address = 3;
+    let app = TestApp::spawn_with(c).await;
+    let mut statuses = Vec::new();
+    for method in ["OPTIONS", "TRACE", "BREW", "OPTIONS", "TRACE"] {
+        let mut s = connect(&app).await;
+        let req =
+            format!("{method} /api/profiles/me HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        statuses.push(
+            read_response(&mut s, Duration::from_secs(3))
+                .await
+                .unwrap()
+                .status,
+        );
+    }
+    assert_eq!(statuses, [405, 405, 405, 429, 429]);
+    // Unprotected routes are not counted.
+    let mut s = connect(&app).await;
+    s.write_all(b"TRACE /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        read_response(&mut s, Duration::from_secs(3))
+            .await
+            .unwrap()
+            .status,
+        405
+    );
+}
+
+/// A request with `X-Forwarded-For` and a bad token, so it counts against an address.
+async fn bad_token_from(app: &TestApp, xff: &str) -> Resp {
+    let mut s = connect(app).await;
+    let req = format!(
+        "GET /api/profiles/me HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer nope\r\nX-Forwarded-For: {xff}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    read_response(&mut s, Duration::from_secs(3)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_a_spoofed_first_entry_changes_nothing() {
+    let mut c = edge_config().await;
+    c.rate_limits.per_address = 2;
+    // The test client (127.0.0.1) plays the proxy.
+    c.rate_limits.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    let app = TestApp::spawn_with(c).await;
+    // The client 203.0.113.9 rotates the first entry; the proxy appends the real address.
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let r = bad_token_from(&app, &format!("198.51.100.{i}, 203.0.113.9")).await;
+        statuses.push(r.status);
+    }
+    assert_eq!(
+        statuses,
+        [401, 401, 429, 429],
+        "the spoofed entries escaped the limit"
+    );
+    // Another real client behind the same proxy is not affected.
+    assert_eq!(bad_token_from(&app, "203.0.113.10").await.status, 401);
+    // A chain through a second trusted hop still finds the client.
+    assert_eq!(
+        bad_token_from(&app, "203.0.113.9, 127.0.0.2").await.status,
+        429
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_peer_cannot_choose_its_address() {
+    let mut c = edge_config().await;
+    c.rate_limits.per_address = 2;
+    c.rate_limits.trusted_proxies = vec!["10.0.0.0/8".parse().unwrap()];
+    let app = TestApp::spawn_with(c).await;
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        statuses.push(
+            bad_token_from(&app, &format!("198.51.100.{i}"))
+                .await
+                .status,
+        );
+    }
+    assert_eq!(
+        statuses,
+        [401, 401, 429],
+        "X-Forwarded-For from an untrusted peer was believed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_the_request_in_flight_and_closes_idle_ones() {
+    let app = TestApp::spawn_with(edge_config().await).await;
+    let mut idle = connect(&app).await;
+    idle.write_all(HEALTH).await.unwrap();
+    assert_eq!(
+        read_response(&mut idle, Duration::from_secs(2))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    // A request whose body is still coming when shutdown starts.
+    let t = token(UserId::random(), false);
+    let body = br#"{"name": "in flight"}"#;
+    let mut busy = connect(&app).await;
+    busy.write_all(post("/api/profiles", Some(&t), "application/json", body.len()).as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.shutdown();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    busy.write_all(body).await.unwrap();
+    let r = read_response(&mut busy, Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201);
+    assert!(closed_within(&mut idle, Duration::from_millis(500)).await);
+    assert!(closed_within(&mut busy, Duration::from_secs(2)).await);
+    // And nothing new is accepted.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(TcpStream::connect(addr(&app)).await.is_err());
+}
