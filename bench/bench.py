@@ -372,6 +372,7 @@ class Bench:
         """Runs `run()` (-> wrk result, loadgen CPU s) between two snapshots; adds a row."""
         if server:
             reset_peak_rss(server.pid)
+        load1 = os.getloadavg()[0]  # other work on the machine shows here
         a = self.snapshot(server, metrics_port)
         res, loadgen_cpu = run()
         b = self.snapshot(server, metrics_port)
@@ -402,6 +403,7 @@ class Bench:
             "redis_cpu_us_per_req": round((b["redis_cpu"] - a["redis_cpu"]) * 1e6 / n, 1),
             "pg_xacts_per_req": round((b["xacts"] - a["xacts"]) / n, 3),
             "loadgen_cpu_us_per_req": round(loadgen_cpu * 1e6 / n, 1),
+            "load_avg_1m_before": round(load1, 2),
             "notes": notes,
         }
         if a["metrics"] is not None:
@@ -696,6 +698,11 @@ def main():
         print_tables(b.rows)
         return 0
     print_tables(b.rows)
+    load_end = os.getloadavg()
+    loads = ", ".join(f"{r['id']} {r['load_avg_1m_before']}" for r in b.rows if "load_avg_1m_before" in r)
+    print(f"\nload average at the end {' '.join(f'{x:.2f}' for x in load_end)}; "
+          f"1-minute load average before each scenario: {loads}")
+    info["machine"]["load_avg_at_end"] = load_end
     result = {
         "date": b.started.isoformat(timespec="seconds"),
         "command": " ".join(["bench/run.sh"] + sys.argv[1:]),
