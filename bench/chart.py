@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Draws the benchmark chart: an SVG with, per scenario, a bar of req/s (log scale) and a
 bar of server CPU µs per request, the two limits of the same run (bare axum handler, one
-Redis GET per request) as dashed lines. Python 3 standard library only.
+Redis GET per request) as dashed lines. Python 3 standard library only. The title names
+the commit, or the results' optional "label" field.
 
 Usage: bench/chart.py <results.json> <chart.svg>
 """
@@ -70,7 +71,7 @@ def main():
     add(f'<rect width="{width}" height="{height}" fill="white"/>')
     m = data.get("machine", {})
     g = data.get("git", {})
-    title = f"user-api benchmark, {data.get('date', '')[:10]}, commit {g.get('commit', '?')}"
+    title = f"user-api benchmark, {data.get('date', '')[:10]}, " + (data.get("label") or f"commit {g.get('commit', '?')}")
     add(f'<text x="{PAD}" y="22" font-size="15" font-weight="bold">{escape(title)}</text>')
     cfg = data.get("config", {})
     sub = (f"{m.get('cores', '?')} cores ({m.get('cpu', '?')}), {cfg.get('profiles', '?')} profiles, "
