@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark (docs/benchmarks.md). Not part of CI: it takes the machine for minutes.
 #
-#   bench/run.sh            10,000 profiles, 15 s per timed scenario (about 5 minutes)
+#   bench/run.sh            10,000 profiles, 15 s per timed scenario (3-5 minutes)
 #   bench/run.sh --quick    1,000 profiles, 3 s per scenario: checks the harness end to end
 #   bench/run.sh [--profiles N] [--secs S] [--hot H] [--keep] [--out FILE]
 #   bench/profile.sh        perf profile of the service during scenario (a)
