@@ -285,6 +285,8 @@ class Bench:
             "USER_API__SERVER__LOG_FORMAT": "json",
             "RUST_LOG": "warn",
             "PREWARM": "0",
+            # Dev keys on a real (throwaway) PostgreSQL database: meant, so say so.
+            "USER_API_DEV_MODE": "1",
         })
         for k in ("JWT_PUBLIC_KEY_FILE", "JWKS_URL", "JWT_ISS", "JWT_AUD", "REDIS_CLUSTER_URLS",
                   "USER_API_CONFIG"):

@@ -41,6 +41,9 @@ pub struct App {
     router: axum::Router,
     state: AppState,
     shutdown: CancellationToken,
+    /// Stops the background tasks: cancelled only once serving has ended, so what the
+    /// last requests counted and recorded is still written.
+    background_stop: CancellationToken,
     /// Background tasks (flushers, drainer, login writer), joined at shutdown.
     background: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -101,8 +104,9 @@ impl App {
         );
         let profiles = ProfileService::new(repo, cache.clone(), config.database.background_share());
         let shutdown = CancellationToken::new();
+        let background_stop = CancellationToken::new();
         let (logins, login_writer) =
-            LoginRecorder::start(profiles.clone(), &config.logins, shutdown.clone());
+            LoginRecorder::start(profiles.clone(), &config.logins, background_stop.clone());
         let state = AppState::new(state::Services {
             logins,
             profiles,
@@ -129,13 +133,14 @@ impl App {
             tracing::warn!(error = %e, "pending cache invalidations not applied yet; reading the database until they are");
         }
         let mut background =
-            service::spawn_background(&state.profiles, &shutdown, config.prewarm.enabled);
+            service::spawn_background(&state.profiles, &background_stop, config.prewarm.enabled);
         background.push(login_writer);
         Ok(Self {
             router: api::router(state.clone()),
             listener,
             state,
             shutdown,
+            background_stop,
             background,
         })
     }
@@ -162,20 +167,40 @@ impl App {
         self.shutdown.clone()
     }
 
-    /// Serves until the shutdown token is cancelled; in-flight requests finish first (under
-    /// the `[server]` connection limits, see [`server`]), then the background tasks write
-    /// what they hold (hit/miss counts, login records) and end.
+    /// Serves until the shutdown token is cancelled. Then: no new connections; in-flight
+    /// requests finish (under the `[server]` connection limits, see [`server`]) for at most
+    /// `server.shutdown_grace_secs`; the background tasks write what they hold (hit/miss
+    /// counts, login records, a last outbox drain) and end; the pools close.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let limits = server::ConnLimits::from_config(&self.state.config.server);
-        let served = server::serve(self.listener, self.router, limits, self.shutdown.clone()).await;
+        let config = &self.state.config;
+        let limits = server::ConnLimits::from_config(&config.server);
+        let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+        let shutdown = self.shutdown.clone();
+        let serving = server::serve(self.listener, self.router, limits, shutdown.clone());
+        tokio::pin!(serving);
+        let served = tokio::select! {
+            r = &mut serving => r,
+            _ = shutdown.cancelled() => {
+                match tokio::time::timeout(grace, &mut serving).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the grace period");
+                        Ok(())
+                    }
+                }
+            }
+        };
         self.shutdown.cancel();
+        self.background_stop.cancel();
         let joined = futures::future::join_all(self.background);
         if tokio::time::timeout(BACKGROUND_GRACE, joined)
             .await
             .is_err()
         {
-            tracing::warn!("background tasks did not finish within the grace period");
+            tracing::warn!("background tasks did not finish within their grace period");
         }
+        self.state.profiles.repo().close().await;
+        tracing::info!("stopped");
         served
     }
 }

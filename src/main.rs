@@ -140,7 +140,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let dev_mode = config.jwt_dev_mode();
     let keys_dir = config.jwt.dev_keys_dir.clone();
     let no_redis = config.uses_embedded_store();
-    let grace = Duration::from_secs(config.server.shutdown_grace_secs);
     let app = App::build(config).await?;
     tracing::info!(addr = %app.local_addr(), "user-api listening");
     if dev_mode {
@@ -149,12 +148,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let token = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
     shutdown_signal().await;
-    tracing::info!("shutting down; finishing in-flight requests");
+    tracing::info!(
+        "shutting down: no new connections; finishing in-flight requests, then background work"
+    );
     token.cancel();
-    match tokio::time::timeout(grace, server).await {
-        Ok(joined) => joined??,
-        Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
-    }
+    server.await??;
     Ok(())
 }
 

@@ -12,6 +12,7 @@ mod layers;
 mod openapi;
 mod ops;
 mod profiles;
+mod request_id;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -70,7 +71,13 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(edge::refuse_oversized_body))
         .layer(from_fn_with_state(state.clone(), layers::bound_request))
         .layer(from_fn_with_state(state.clone(), layers::record_metrics))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(request_id::span_for)
+                .on_request(())
+                .on_response(request_id::log_response),
+        )
+        .layer(axum::middleware::from_fn(request_id::assign))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             layers::panic_response,
         ))

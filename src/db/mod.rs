@@ -166,6 +166,8 @@ pub trait ProfileRepo: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), DbError>;
     /// Pool figures.
     fn pool_stats(&self) -> PoolStats;
+    /// Closes the pool: waits for connections in use to come back, then closes them all.
+    async fn close(&self);
 
     /// One profile, if it exists.
     async fn fetch(&self, id: UserId) -> Result<Option<Profile>, DbError>;

@@ -469,6 +469,10 @@ impl ProfileRepo for PostgresRepo {
         .await
     }
 
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
     fn pool_stats(&self) -> PoolStats {
         PoolStats {
             size: self.pool.size(),

@@ -148,6 +148,10 @@ impl ProfileRepo for SqliteRepo {
         Ok(())
     }
 
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
     fn pool_stats(&self) -> PoolStats {
         PoolStats {
             size: self.pool.size(),

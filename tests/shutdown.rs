@@ -1,0 +1,163 @@
+//! SIGTERM mid-load (issue: shutdown that loses nothing): the real binary stops accepting,
+//! finishes what is in flight, then writes what it holds in memory: the hit/miss counts
+//! reach Redis and the pending `last_login` records reach the database, and it exits 0.
+//! Both are held back on purpose (flushes every 10 minutes) so that only the shutdown
+//! can have written them.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use ::redis::AsyncCommands;
+use common::redis::RedisServer;
+use serde_json::{Value, json};
+use sqlx::Connection;
+use user_api::domain::UserId;
+
+const USERS: usize = 40;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A token with `iat`, as the auth service issues them: its first use records a login.
+fn login_token(id: UserId) -> String {
+    let now = chrono::Utc::now().timestamp();
+    common::sign(&json!({"sub": id.to_string(), "role": "user", "iat": now, "exp": now + 3600}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_mid_load_loses_no_counts_and_no_logins() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let redis = RedisServer::start().await;
+    let db_url = common::db::fresh_postgres_url().await;
+    // The schema and the users, with no login recorded yet.
+    let repo = user_api::db::connect(&db_url, &user_api::pool_options(&Default::default()))
+        .await
+        .unwrap();
+    repo.migrate().await.unwrap();
+    let mut profiles = user_api::seed::fake_profiles(USERS);
+    for p in &mut profiles {
+        p.last_login = None;
+    }
+    repo.insert_many(&profiles).await.unwrap();
+    repo.close().await;
+    let ids: Vec<UserId> = profiles.iter().map(|p| p.user_id).collect();
+
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_user-api"))
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &db_url)
+        .env("REDIS_URL", redis.url())
+        .env("JWT_PUBLIC_KEY_FILE", &common::keys().public_file)
+        .env("USER_API_ADDR", format!("127.0.0.1:{port}"))
+        .env("PREWARM", "0")
+        .env("USER_API__LOGINS__FLUSH_MS", "600000")
+        .env("USER_API__LOGINS__BATCH_SIZE", "100000")
+        .env("USER_API__REDIS__METRICS_FLUSH_MS", "600000")
+        .env("USER_API__REDIS__TIMEOUT_MS", "1000")
+        .env("USER_API__RATE_LIMITS__PROFILES_READ", "1000000")
+        .env("USER_API__SERVER__SHUTDOWN_GRACE_SECS", "10")
+        .env("USER_API__SERVER__LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start user-api");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while client.get(format!("{base}/health")).send().await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the service did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Load: every user reads their own profile over and over; the client counts what the
+    // server answered as hits and misses.
+    let (hits, misses) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for (n, id) in ids.iter().copied().enumerate() {
+        let (client, base, hits, misses, stop) = (
+            client.clone(),
+            base.clone(),
+            hits.clone(),
+            misses.clone(),
+            stop.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let token = login_token(id);
+            tokio::time::sleep(Duration::from_millis(n as u64 * 5)).await;
+            while !stop.load(Ordering::SeqCst) {
+                let Ok(res) = client
+                    .get(format!("{base}/api/profiles/{id}"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                else {
+                    break; // the server stopped accepting
+                };
+                if res.status() != 200 {
+                    continue;
+                }
+                let Ok(body) = res.json::<Value>().await else {
+                    break;
+                };
+                if body["cached"] == true {
+                    hits.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    misses.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(exit.code(), Some(0), "a clean exit after SIGTERM");
+
+    let (hits, misses) = (hits.load(Ordering::SeqCst), misses.load(Ordering::SeqCst));
+    assert!(
+        hits > 0 && misses > 0,
+        "the load ran: {hits} hits, {misses} misses"
+    );
+    let mut r = redis.conn().await;
+    let counted: (Option<u64>, Option<u64>) = (
+        r.get("metrics:cache:hits").await.unwrap(),
+        r.get("metrics:cache:misses").await.unwrap(),
+    );
+    assert_eq!(
+        counted,
+        (Some(hits), Some(misses)),
+        "every answered read counted in Redis"
+    );
+    let mut db = sqlx::PgConnection::connect(&db_url).await.unwrap();
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM profiles WHERE last_login IS NOT NULL")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(recorded, USERS as i64, "every user's login recorded");
+}
