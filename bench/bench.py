@@ -565,7 +565,7 @@ class Bench:
                                               once=True),
                              svc.port)
         after["drain_s"] = self.drain()
-        logins = scrape(svc.port)["db"].get("record_login", 0)
+        logins = scrape(svc.port)["db"].get("record_logins", 0)
         walk["logins_recorded_total"] = int(logins)
         self.stop(svc)
 
@@ -651,7 +651,7 @@ def print_tables(rows):
         if "drain_s" in r:
             extra = f" (DB busy {r['drain_s']} s after)"
         if "logins_recorded_total" in r:
-            extra = f" ({r['logins_recorded_total']} logins recorded)"
+            extra = f" ({r['logins_recorded_total']} login batch statements)"
         print(f"| {r['scenario']} | {fmt(r.get('cache_hit_pct'), '.1f')} | {fmt(r.get('redis_errors'), 'd')} | {cmds} | {dbq}{extra} | "
               f"{fmt(r['pg_xacts_per_req'])} | {fmt(r['redis_cpu_us_per_req'], '.1f')} | "
               f"{fmt(r['loadgen_cpu_us_per_req'], '.0f')} |")
