@@ -2,6 +2,8 @@
 //! panic containment.
 
 use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{LazyLock, RwLock};
 use std::time::Instant;
 
 use axum::body::Body;
@@ -183,22 +185,49 @@ pub async fn record_metrics(State(_): State<AppState>, req: Request, next: Next)
     let start = Instant::now();
     // Bounded: made-up methods share the label "other" (routes are templates or "unmatched").
     let method = super::edge::method_label(req.method());
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let res = next.run(req).await;
-    let status = res.status().as_u16().to_string();
+    let route = route.as_ref().map_or("unmatched", |m| m.as_str());
+    let (requests, duration) = request_series(method, route, res.status().as_u16());
+    requests.increment(1);
+    duration.record(start.elapsed().as_secs_f64());
+    res
+}
+
+/// The request counter and latency histogram of one (method, route, status), registered
+/// once: their labels are then not rebuilt and looked up on every request. Bounded, since
+/// methods are a fixed set, routes are templates and statuses are few.
+fn request_series(
+    method: &'static str,
+    route: &str,
+    status: u16,
+) -> (metrics::Counter, metrics::Histogram) {
+    type Series = HashMap<(&'static str, u16), (metrics::Counter, metrics::Histogram)>;
+    static SERIES: LazyLock<RwLock<HashMap<String, Series>>> = LazyLock::new(Default::default);
+    if let Some(found) = SERIES
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(route)
+        .and_then(|by| by.get(&(method, status)))
+    {
+        return found.clone();
+    }
     let labels = [
         ("method", method.to_owned()),
-        ("route", route),
-        ("status", status),
+        ("route", route.to_owned()),
+        ("status", status.to_string()),
     ];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels)
-        .record(start.elapsed().as_secs_f64());
-    res
+    let series = (
+        metrics::counter!("http_requests_total", &labels),
+        metrics::histogram!("http_request_duration_seconds", &labels),
+    );
+    SERIES
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(route.to_owned())
+        .or_default()
+        .insert((method, status), series.clone());
+    series
 }
 
 /// Turns a panic into a JSON 500 (the process keeps serving).
