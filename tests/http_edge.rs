@@ -342,8 +342,37 @@ async fn early_rejections_keep_the_connection_usable() {
     .await;
     assert_eq!(r.status, 429);
     assert!(!r.closes());
-    // (A 403 is decided only after the body is read: the body extractor runs first, so it
-    // is never an early answer.)
+    // 403 and 422 about the path id are decided before the body is read (the Subject
+    // extractor runs before the body's): early too, and the connection stays usable.
+    let stranger = token(UserId::random(), false);
+    let r = early_answer_then_reuse(
+        &app,
+        request(
+            "PATCH",
+            &format!("/api/profiles/{id}"),
+            Some(&stranger),
+            "application/json",
+            body.len(),
+        ),
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(!r.closes());
+    let r = early_answer_then_reuse(
+        &app,
+        request(
+            "PATCH",
+            "/api/profiles/not-a-uuid",
+            Some(&stranger),
+            "application/json",
+            body.len(),
+        ),
+        body,
+    )
+    .await;
+    assert_eq!(r.status, 422);
+    assert!(!r.closes());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
