@@ -366,15 +366,21 @@ cmd_down() {
   fi
   for i in $(seq 1 $INSTANCES); do stop_instance "$i" TERM; done
   if [ -f "$S/jwks.pid" ]; then kill "$(cat "$S/jwks.pid")" 2>/dev/null || true; fi
+  local redis_pids=()
   for i in $(seq 1 $REDIS_NODES); do
-    if alive "$S/redis/$i/redis.pid"; then kill "$(cat "$S/redis/$i/redis.pid")" 2>/dev/null || true; fi
+    if alive "$S/redis/$i/redis.pid"; then
+      redis_pids+=("$(cat "$S/redis/$i/redis.pid")")
+      kill "${redis_pids[-1]}" 2>/dev/null || true
+    fi
   done
   if [ -f "$S/pg/data/postmaster.pid" ]; then
     runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$S/pg/data" -m fast -w stop >/dev/null 2>&1 || true
   fi
   # Wait for every process started from $S to be gone, then remove the directory.
   local end=$((SECONDS + 20))
-  while pgrep -f -- "$S" >/dev/null 2>&1 && [ $SECONDS -lt $end ]; do sleep 0.2; done
+  # (redis-server renames itself "redis-server 127.0.0.1:<port>": waited for by pid.)
+  while { pgrep -f -- "$S" >/dev/null 2>&1 || { [ ${#redis_pids[@]} -gt 0 ] && kill -0 "${redis_pids[@]}" 2>/dev/null; }; } \
+    && [ $SECONDS -lt $end ]; do sleep 0.2; done
   if pgrep -f -- "$S" >/dev/null 2>&1; then
     log "still running after 20 s:"; pgrep -af -- "$S" >&2 || true
   fi
