@@ -524,9 +524,12 @@ fn error_messages_are_generic() {
 
 #[test]
 fn bearer_header_parsing() {
-    assert_eq!(auth::bearer_token("Bearer abc.def.ghi"), Ok("abc.def.ghi"));
-    assert_eq!(auth::bearer_token("bearer   abc "), Ok("abc"));
-    assert_eq!(auth::bearer_token("BEARER abc"), Ok("abc"));
+    assert_eq!(
+        auth::parse_authorization("Bearer abc.def.ghi"),
+        Ok("abc.def.ghi")
+    );
+    assert_eq!(auth::parse_authorization("bearer   abc "), Ok("abc"));
+    assert_eq!(auth::parse_authorization("BEARER abc"), Ok("abc"));
     for bad in [
         "",
         "Bearer",
@@ -535,7 +538,11 @@ fn bearer_header_parsing() {
         "abc.def.ghi",
         "Token abc",
     ] {
-        assert_eq!(auth::bearer_token(bad), Err(AuthError::Missing), "{bad:?}");
+        assert_eq!(
+            auth::parse_authorization(bad),
+            Err(AuthError::Missing),
+            "{bad:?}"
+        );
     }
 }
 

@@ -68,7 +68,7 @@ async fn headers_and_rollover_in_process() {
     assert_eq!(res.status(), 404, "a new window starts from zero");
     assert_eq!(header_u64(&res, "x-ratelimit-remaining"), 1);
     // Past windows are evicted from memory (swept at most once a second per shard).
-    assert!(app.state.limiter.local_store().len() <= 16);
+    assert!(app.state.limiter.local_counters().len() <= 16);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -68,19 +68,19 @@ impl Map {
 }
 
 /// Cache entries and counters in this process.
-pub struct MemoryStore {
+pub struct MemoryCacheStore {
     map: Mutex<Map>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
 
-impl Default for MemoryStore {
+impl Default for MemoryCacheStore {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl MemoryStore {
+impl MemoryCacheStore {
     /// An empty store.
     pub fn new() -> Self {
         Self {
@@ -99,7 +99,7 @@ impl MemoryStore {
 }
 
 #[async_trait]
-impl CacheStore for MemoryStore {
+impl CacheStore for MemoryCacheStore {
     fn kind(&self) -> &'static str {
         "embedded"
     }
@@ -209,7 +209,7 @@ mod tests {
 
     #[tokio::test]
     async fn guarded_fill_invalidation_and_expiry() {
-        let s = MemoryStore::new();
+        let s = MemoryCacheStore::new();
         let k = EntryKeys::new("cache:profile:x".into());
         let entry = |v: &str| FillContent::Entry(v.into());
         assert!(s.fill(&fill(&k, None, entry("v1"))).await.unwrap());

@@ -46,7 +46,7 @@ pub enum DbError {
 impl DbError {
     /// Counts failures of the database itself in `db_errors_total{kind}` (conflicts are
     /// answers, not failures, and are not counted).
-    pub fn counted(self) -> Self {
+    pub fn record_metric(self) -> Self {
         let kind = match &self {
             Self::Unavailable(_) => "unavailable",
             Self::Other(_) | Self::Migrate(_) => "other",

@@ -88,7 +88,7 @@ impl PostgresRepo {
                     std::io::ErrorKind::TimedOut,
                     "database call timed out",
                 )))
-                .counted()),
+                .record_metric()),
             },
         }
     }
@@ -202,13 +202,13 @@ impl PostgresRepo {
                  ON CONFLICT (user_id) DO NOTHING RETURNING {COLUMNS}"
             )))
             .bind(id.as_uuid())
-            .bind(sent(&patch.first_name))
-            .bind(sent(&patch.last_name))
-            .bind(sent(&patch.name))
-            .bind(sent(&patch.email).map(Email::as_str))
-            .bind(sent(&patch.phone))
-            .bind(sent(&patch.address))
-            .bind(patch.date_of_birth.flatten())
+            .bind(patch.first_name.new_value())
+            .bind(patch.last_name.new_value())
+            .bind(patch.name.new_value())
+            .bind(patch.email.new_value().map(Email::as_str))
+            .bind(patch.phone.new_value())
+            .bind(patch.address.new_value())
+            .bind(patch.date_of_birth.new_value().copied())
             .bind(now)
             .fetch_optional(&mut *tx)
             .await
@@ -566,11 +566,6 @@ fn now_micros() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
-/// The value an insert takes from a patch field: absent and cleared both mean NULL.
-fn sent<T>(field: &Option<Option<T>>) -> Option<&T> {
-    field.as_ref().and_then(Option::as_ref)
-}
-
 /// Applies `patch` (only the fields sent) and bumps `updated_at`; `None` when no such row.
 async fn apply_patch(
     tx: &mut PgConnection,
@@ -593,20 +588,20 @@ async fn apply_patch(
          WHERE user_id = $1 RETURNING {COLUMNS}"
     )))
     .bind(id.as_uuid())
-    .bind(patch.first_name.is_some())
-    .bind(sent(&patch.first_name))
-    .bind(patch.last_name.is_some())
-    .bind(sent(&patch.last_name))
-    .bind(patch.name.is_some())
-    .bind(sent(&patch.name))
-    .bind(patch.email.is_some())
-    .bind(sent(&patch.email).map(Email::as_str))
-    .bind(patch.phone.is_some())
-    .bind(sent(&patch.phone))
-    .bind(patch.address.is_some())
-    .bind(sent(&patch.address))
-    .bind(patch.date_of_birth.is_some())
-    .bind(patch.date_of_birth.flatten())
+    .bind(patch.first_name.changes())
+    .bind(patch.first_name.new_value())
+    .bind(patch.last_name.changes())
+    .bind(patch.last_name.new_value())
+    .bind(patch.name.changes())
+    .bind(patch.name.new_value())
+    .bind(patch.email.changes())
+    .bind(patch.email.new_value().map(Email::as_str))
+    .bind(patch.phone.changes())
+    .bind(patch.phone.new_value())
+    .bind(patch.address.changes())
+    .bind(patch.address.new_value())
+    .bind(patch.date_of_birth.changes())
+    .bind(patch.date_of_birth.new_value().copied())
     .bind(now)
     .fetch_optional(&mut *tx)
     .await
@@ -674,7 +669,7 @@ fn profile_from_row(row: &PgRow) -> Result<Profile, sqlx::Error> {
 
 /// Classifies a driver error (see `classify`) and counts failures in `/metrics`.
 fn map_err(e: sqlx::Error) -> DbError {
-    classify(e).counted()
+    classify(e).record_metric()
 }
 
 /// Turns unique violations into the domain conflicts (told apart by constraint name) and a

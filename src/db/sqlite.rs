@@ -214,13 +214,13 @@ impl ProfileRepo for SqliteRepo {
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $9) RETURNING {COLUMNS}"
                 )))
                 .bind(id.to_string())
-                .bind(sent(&patch.first_name))
-                .bind(sent(&patch.last_name))
-                .bind(sent(&patch.name))
-                .bind(sent(&patch.email).map(Email::as_str))
-                .bind(sent(&patch.phone))
-                .bind(sent(&patch.address))
-                .bind(patch.date_of_birth.flatten().map(date_text))
+                .bind(patch.first_name.new_value())
+                .bind(patch.last_name.new_value())
+                .bind(patch.name.new_value())
+                .bind(patch.email.new_value().map(Email::as_str))
+                .bind(patch.phone.new_value())
+                .bind(patch.address.new_value())
+                .bind(patch.date_of_birth.new_value().copied().map(date_text))
                 .bind(ts(now))
                 .fetch_one(&mut *tx)
                 .await
@@ -470,11 +470,6 @@ fn placeholders(n: usize) -> String {
     vec!["?"; n].join(", ")
 }
 
-/// The value an insert takes from a patch field: absent and cleared both mean NULL.
-fn sent<T>(field: &Option<Option<T>>) -> Option<&T> {
-    field.as_ref().and_then(Option::as_ref)
-}
-
 async fn exists(tx: &mut SqliteConnection, id: UserId) -> Result<bool, DbError> {
     let row = sqlx::query("SELECT 1 FROM profiles WHERE user_id = $1")
         .bind(id.to_string())
@@ -505,20 +500,20 @@ async fn apply_patch(
          WHERE user_id = $1 RETURNING {COLUMNS}"
     )))
     .bind(id.to_string())
-    .bind(patch.first_name.is_some())
-    .bind(sent(&patch.first_name))
-    .bind(patch.last_name.is_some())
-    .bind(sent(&patch.last_name))
-    .bind(patch.name.is_some())
-    .bind(sent(&patch.name))
-    .bind(patch.email.is_some())
-    .bind(sent(&patch.email).map(Email::as_str))
-    .bind(patch.phone.is_some())
-    .bind(sent(&patch.phone))
-    .bind(patch.address.is_some())
-    .bind(sent(&patch.address))
-    .bind(patch.date_of_birth.is_some())
-    .bind(patch.date_of_birth.flatten().map(date_text))
+    .bind(patch.first_name.changes())
+    .bind(patch.first_name.new_value())
+    .bind(patch.last_name.changes())
+    .bind(patch.last_name.new_value())
+    .bind(patch.name.changes())
+    .bind(patch.name.new_value())
+    .bind(patch.email.changes())
+    .bind(patch.email.new_value().map(Email::as_str))
+    .bind(patch.phone.changes())
+    .bind(patch.phone.new_value())
+    .bind(patch.address.changes())
+    .bind(patch.address.new_value())
+    .bind(patch.date_of_birth.changes())
+    .bind(patch.date_of_birth.new_value().copied().map(date_text))
     .bind(ts(now))
     .fetch_optional(&mut *tx)
     .await
@@ -602,7 +597,7 @@ fn profile_from_row(row: &SqliteRow) -> Result<Profile, sqlx::Error> {
 
 /// Classifies a driver error (see `classify`) and counts failures in `/metrics`.
 fn map_err(e: sqlx::Error) -> DbError {
-    classify(e).counted()
+    classify(e).record_metric()
 }
 
 /// Turns unique violations into the domain conflicts (SQLite names the column or index in

@@ -23,11 +23,11 @@ struct Shard {
 }
 
 /// Windowed counters in process memory.
-pub struct MemoryStore {
+pub struct LocalCounters {
     shards: Vec<Mutex<Shard>>,
 }
 
-impl Default for MemoryStore {
+impl Default for LocalCounters {
     fn default() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
@@ -35,7 +35,7 @@ impl Default for MemoryStore {
     }
 }
 
-impl MemoryStore {
+impl LocalCounters {
     /// Counts one request against `key` in `window` and returns the new count.
     pub fn hit(&self, key: &str, window: &Window, now_ms: u64) -> Count {
         let mut hasher = DefaultHasher::new();
@@ -85,7 +85,7 @@ mod tests {
 
     #[test]
     fn counts_and_evicts_per_window() {
-        let store = MemoryStore::default();
+        let store = LocalCounters::default();
         let w = Window::at(10_000, 2);
         assert_eq!(store.hit("k", &w, 10_000).count, 1);
         assert_eq!(store.hit("k", &w, 10_500).count, 2);
@@ -106,7 +106,7 @@ mod tests {
 
     #[test]
     fn exact_under_concurrency() {
-        let store = Arc::new(MemoryStore::default());
+        let store = Arc::new(LocalCounters::default());
         let w = Window::at(0, 3600);
         let handles: Vec<_> = (0..8)
             .map(|_| {

@@ -9,13 +9,35 @@ use axum::extract::{ConnectInfo, Request};
 use axum::http::Response;
 
 use super::{Limiter, headers};
+use crate::config::RateLimitConfig;
+
+/// Where the client address of a request comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressSource {
+    /// The peer of the connection.
+    Peer,
+    /// The first `X-Forwarded-For` entry when it is an IP address, else the peer (only
+    /// behind a trusted proxy: `rate_limits.trust_forwarded_for`).
+    ForwardedFor,
+}
+
+impl AddressSource {
+    /// The source `config` asks for.
+    pub fn of(config: &RateLimitConfig) -> Self {
+        if config.trust_forwarded_for {
+            Self::ForwardedFor
+        } else {
+            Self::Peer
+        }
+    }
+}
 
 /// The client address: the peer of the connection, or, only when the service is told
 /// it sits behind a trusted proxy (`rate_limits.trust_forwarded_for`), the first
 /// `X-Forwarded-For` entry. An entry that is not an IP address is ignored (never put
 /// into a key), and IPv4-mapped IPv6 addresses count as their IPv4 address.
-pub fn client_address(req: &Request, trust_forwarded_for: bool) -> Option<IpAddr> {
-    if trust_forwarded_for {
+pub fn client_address(req: &Request, source: AddressSource) -> Option<IpAddr> {
+    if source == AddressSource::ForwardedFor {
         let forwarded = req
             .headers()
             .get("x-forwarded-for")
