@@ -5,7 +5,7 @@ use utoipa::ToSchema;
 use super::{Email, MAX_ADDRESS_CHARS, MAX_TEXT_CHARS, UserId, ValidationError, check_text};
 
 /// A stored profile, exactly as the API and the cache show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
 pub struct Profile {
     /// The owner's id (the `sub` of their tokens).
     #[schema(value_type = String, format = Uuid)]
@@ -108,6 +108,22 @@ impl ProfilePatch {
     /// True when the patch changes nothing.
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
+    }
+}
+
+/// The fields a patch sets (what an upsert inserts when there is no row yet): a kept or
+/// cleared field is empty.
+impl From<&ProfilePatch> for NewProfile {
+    fn from(patch: &ProfilePatch) -> Self {
+        NewProfile {
+            first_name: patch.first_name.new_value().cloned(),
+            last_name: patch.last_name.new_value().cloned(),
+            name: patch.name.new_value().cloned(),
+            email: patch.email.new_value().cloned(),
+            phone: patch.phone.new_value().cloned(),
+            address: patch.address.new_value().cloned(),
+            date_of_birth: patch.date_of_birth.new_value().copied(),
+        }
     }
 }
 
