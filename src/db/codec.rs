@@ -99,7 +99,8 @@ impl DbTime {
     }
 }
 
-// Text on both backends; addresses were validated when written.
+// Text on both backends; addresses were validated when written, so reading one back never
+// fails on it.
 impl<DB: Database> Type<DB> for Email
 where
     String: Type<DB>,
@@ -118,6 +119,6 @@ where
     String: Decode<'r, DB>,
 {
     fn decode(value: DB::ValueRef<'r>) -> Result<Self, BoxDynError> {
-        Ok(Email::parse(&String::decode(value)?)?)
+        Ok(Email::from_stored(String::decode(value)?))
     }
 }
