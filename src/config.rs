@@ -476,146 +476,72 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks the values that parse but make no sense.
+    /// Checks the values that parse but make no sense; the first that fails is reported,
+    /// naming its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        fn bad(key: &'static str, reason: impl Into<String>) -> Result<(), ConfigError> {
-            Err(ConfigError::Invalid {
+        const AT_LEAST_1: &str = "must be at least 1";
+        const POSITIVE: &str = "must be positive";
+        let (db, cache, rl, logins) =
+            (&self.database, &self.cache, &self.rate_limits, &self.logins);
+        let known_database = ["postgres://", "postgresql://", "sqlite://", "sqlite:"]
+            .iter()
+            .any(|scheme| self.database_url.starts_with(scheme));
+        let redis_schemes = (self.redis_url.iter().chain(&self.redis_cluster_urls))
+            .all(|u| u.starts_with("redis://") || u.starts_with("rediss://"));
+        let one_redis = self.redis_url.is_none() || self.redis_cluster_urls.is_empty();
+        let one_key_source = self.jwt.public_key_file.is_none() || self.jwt.jwks_url.is_none();
+        let jwks_http = (self.jwt.jwks_url.as_ref())
+            .is_none_or(|u| u.starts_with("https://") || u.starts_with("http://"));
+        let window_divides_hour = rl.window_secs == 0 || 3600 % rl.window_secs == 0;
+        let key_file_named =
+            (self.jwt.public_key_file.as_ref()).is_none_or(|p| !p.as_os_str().is_empty());
+        let jwks_named = (self.jwt.jwks_url.as_ref()).is_none_or(|u| !u.trim().is_empty());
+        let srv = &self.server;
+        let log_format = matches!(self.server.log_format.as_str(), "auto" | "json" | "pretty");
+        #[rustfmt::skip]
+        let checks = [
+            // key                          holds                                        else
+            ("database_url",                known_database,                              "must start with postgres:// or sqlite://"),
+            ("redis_url",                   one_redis,                                   "and redis_cluster_urls are both set; set only one"),
+            ("redis_url",                   redis_schemes,                               "must start with redis:// or rediss://"),
+            ("jwt.public_key_file",         key_file_named,                              "is empty; unset it or name a PEM file"),
+            ("jwt.jwks_url",                jwks_named,                                  "is empty; unset it or name the JWKS URL"),
+            ("jwt.public_key_file",         one_key_source,                              "and jwt.jwks_url are both set; set only one key source"),
+            ("jwt.jwks_url",                jwks_http,                                   "must be an http(s) URL"),
+            ("database.max_connections",    db.max_connections > 0,                      AT_LEAST_1),
+            ("database.min_connections",    db.min_connections <= db.max_connections,    "must not exceed max_connections"),
+            ("database.acquire_timeout_ms", db.acquire_timeout_ms > 0,                   POSITIVE),
+            ("logins.queue_capacity",       logins.queue_capacity > 0,                   AT_LEAST_1),
+            ("logins.batch_size",           logins.batch_size > 0,                       AT_LEAST_1),
+            ("logins.flush_ms",             logins.flush_ms > 0,                         AT_LEAST_1),
+            ("cache.ttl_secs",              cache.ttl_secs > 0,                          POSITIVE),
+            ("cache.refresh_ahead_secs",    cache.refresh_ahead_secs < cache.ttl_secs,   "must be less than cache.ttl_secs"),
+            ("cache.negative_ttl_secs",     cache.negative_ttl_secs <= 30,               "must be at most 30"),
+            ("cache.jitter_percent",        cache.jitter_percent <= 50,                  "must be at most 50"),
+            ("rate_limits.profiles_read",   rl.profiles_read > 0,                        AT_LEAST_1),
+            ("rate_limits.profiles_update", rl.profiles_update > 0,                      AT_LEAST_1),
+            ("rate_limits.profiles_batch",  rl.profiles_batch > 0,                       AT_LEAST_1),
+            ("rate_limits.default",         rl.default > 0,                              AT_LEAST_1),
+            ("rate_limits.per_address",     rl.per_address > 0,                          AT_LEAST_1),
+            ("rate_limits.window_secs",     rl.window_secs > 0,                          AT_LEAST_1),
+            ("rate_limits.window_secs",     window_divides_hour,                         "must divide 3600"),
+            ("redis.timeout_ms",            self.redis.timeout_ms > 0,                   POSITIVE),
+            ("redis.breaker_failures",      self.redis.breaker_failures > 0,             AT_LEAST_1),
+            ("prewarm.batch_size",          self.prewarm.batch_size > 0,                 AT_LEAST_1),
+            ("server.header_read_timeout_ms", srv.header_read_timeout_ms > 0,          POSITIVE),
+            ("server.keep_alive_timeout_ms", srv.keep_alive_timeout_ms > 0,            POSITIVE),
+            ("server.max_connections",      srv.max_connections > 0,                     POSITIVE),
+            ("server.max_connections",      srv.max_connections <= 1_000_000,            "must be at most 1000000"),
+            ("server.request_timeout_ms",   srv.request_timeout_ms > 0,                  POSITIVE),
+            ("server.log_format",           log_format,                                  "must be `auto`, `json` or `pretty`"),
+        ];
+        match checks.into_iter().find(|&(_, holds, _)| !holds) {
+            Some((key, _, reason)) => Err(ConfigError::Invalid {
                 key,
-                reason: reason.into(),
-            })
+                reason: reason.to_owned(),
+            }),
+            None => Ok(()),
         }
-        let db = &self.database_url;
-        let known = ["postgres://", "postgresql://", "sqlite://", "sqlite:"];
-        if !known.iter().any(|p| db.starts_with(p)) {
-            return bad("database_url", "must start with postgres:// or sqlite://");
-        }
-        if self.redis_url.is_some() && !self.redis_cluster_urls.is_empty() {
-            return bad(
-                "redis_url",
-                "and redis_cluster_urls are both set; set only one",
-            );
-        }
-        for url in self.redis_url.iter().chain(&self.redis_cluster_urls) {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return bad("redis_url", "must start with redis:// or rediss://");
-            }
-        }
-        if self
-            .jwt
-            .public_key_file
-            .as_ref()
-            .is_some_and(|p| p.as_os_str().is_empty())
-        {
-            return bad(
-                "jwt.public_key_file",
-                "is empty; unset it or name a PEM file",
-            );
-        }
-        if self
-            .jwt
-            .jwks_url
-            .as_ref()
-            .is_some_and(|u| u.trim().is_empty())
-        {
-            return bad("jwt.jwks_url", "is empty; unset it or name the JWKS URL");
-        }
-        if self.jwt.public_key_file.is_some() && self.jwt.jwks_url.is_some() {
-            return bad(
-                "jwt.public_key_file",
-                "and jwt.jwks_url are both set; set only one key source",
-            );
-        }
-        if let Some(u) = &self.jwt.jwks_url
-            && !(u.starts_with("https://") || u.starts_with("http://"))
-        {
-            return bad("jwt.jwks_url", "must be an http(s) URL");
-        }
-        if self.database.max_connections == 0 {
-            return bad("database.max_connections", "must be at least 1");
-        }
-        if self.database.min_connections > self.database.max_connections {
-            return bad(
-                "database.min_connections",
-                "must not exceed max_connections",
-            );
-        }
-        if self.logins.queue_capacity == 0 || self.logins.batch_size == 0 {
-            return bad(
-                "logins.queue_capacity",
-                "logins.queue_capacity and logins.batch_size must be at least 1",
-            );
-        }
-        if self.logins.flush_ms == 0 {
-            return bad("logins.flush_ms", "must be at least 1");
-        }
-        if self.database.acquire_timeout_ms == 0 {
-            return bad("database.acquire_timeout_ms", "must be positive");
-        }
-        if self.cache.ttl_secs == 0 {
-            return bad("cache.ttl_secs", "must be positive");
-        }
-        if self.cache.refresh_ahead_secs >= self.cache.ttl_secs {
-            return bad(
-                "cache.refresh_ahead_secs",
-                "must be less than cache.ttl_secs",
-            );
-        }
-        if self.cache.negative_ttl_secs > 30 {
-            return bad("cache.negative_ttl_secs", "must be at most 30");
-        }
-        if self.cache.jitter_percent > 50 {
-            return bad("cache.jitter_percent", "must be at most 50");
-        }
-        let rl = &self.rate_limits;
-        for (key, v) in [
-            ("rate_limits.profiles_read", rl.profiles_read),
-            ("rate_limits.profiles_update", rl.profiles_update),
-            ("rate_limits.profiles_batch", rl.profiles_batch),
-            ("rate_limits.default", rl.default),
-            ("rate_limits.per_address", rl.per_address),
-            ("rate_limits.window_secs", rl.window_secs),
-        ] {
-            if v == 0 {
-                return bad(key, "must be at least 1");
-            }
-        }
-        if rl.window_secs != 3600 && 3600 % rl.window_secs != 0 {
-            return bad("rate_limits.window_secs", "must divide 3600");
-        }
-        if self.redis.timeout_ms == 0 {
-            return bad("redis.timeout_ms", "must be positive");
-        }
-        if self.redis.breaker_failures == 0 {
-            return bad("redis.breaker_failures", "must be at least 1");
-        }
-        if self.prewarm.batch_size == 0 {
-            return bad("prewarm.batch_size", "must be at least 1");
-        }
-        for (key, v) in [
-            (
-                "server.header_read_timeout_ms",
-                self.server.header_read_timeout_ms,
-            ),
-            (
-                "server.keep_alive_timeout_ms",
-                self.server.keep_alive_timeout_ms,
-            ),
-            ("server.max_connections", self.server.max_connections as u64),
-        ] {
-            if v == 0 {
-                return bad(key, "must be positive");
-            }
-        }
-        if self.server.max_connections > 1_000_000 {
-            return bad("server.max_connections", "must be at most 1000000");
-        }
-        if self.server.request_timeout_ms == 0 {
-            return bad("server.request_timeout_ms", "must be positive");
-        }
-        if !matches!(self.server.log_format.as_str(), "auto" | "json" | "pretty") {
-            return bad("server.log_format", "must be `auto`, `json` or `pretty`");
-        }
-        Ok(())
     }
 
     /// True when no Redis is configured and the in-process store serves.
@@ -740,6 +666,49 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("redis_url"), "{e}");
+    }
+
+    #[test]
+    fn each_check_names_its_key() {
+        type Mutation = fn(&mut Config);
+        let cases: [(Mutation, &str); 8] = [
+            (
+                |c| c.logins.batch_size = 0,
+                "`logins.batch_size` must be at least 1",
+            ),
+            (|c| c.logins.queue_capacity = 0, "`logins.queue_capacity`"),
+            (
+                |c| c.rate_limits.window_secs = 0,
+                "`rate_limits.window_secs` must be at least 1",
+            ),
+            (
+                |c| c.rate_limits.window_secs = 7,
+                "`rate_limits.window_secs` must divide 3600",
+            ),
+            (
+                |c| c.cache.refresh_ahead_secs = 300,
+                "`cache.refresh_ahead_secs`",
+            ),
+            (
+                |c| c.database.min_connections = 99,
+                "`database.min_connections`",
+            ),
+            (
+                |c| c.jwt.jwks_url = Some("ftp://x".into()),
+                "`jwt.jwks_url`",
+            ),
+            (
+                |c| c.redis.timeout_ms = 0,
+                "`redis.timeout_ms` must be positive",
+            ),
+        ];
+        for (mutate, expected) in cases {
+            let mut c = Config::default();
+            assert!(c.validate().is_ok());
+            mutate(&mut c);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(expected), "{e} lacks {expected}");
+        }
     }
 
     #[test]

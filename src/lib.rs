@@ -132,8 +132,7 @@ impl App {
         if let Err(e) = state.profiles.drain_outbox().await {
             tracing::warn!(error = %e, "pending cache invalidations not applied yet; reading the database until they are");
         }
-        let mut background =
-            service::spawn_background(&state.profiles, &background_stop, config.prewarm.enabled);
+        let mut background = service::spawn_background(&state.profiles, &background_stop);
         background.push(login_writer);
         Ok(Self {
             router: api::router(state.clone()),

@@ -139,11 +139,15 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let dev_mode = config.jwt_dev_mode();
     let keys_dir = config.jwt.dev_keys_dir.clone();
-    let no_redis = config.uses_embedded_store();
+    let store = if config.uses_embedded_store() {
+        Store::Embedded
+    } else {
+        Store::Redis
+    };
     let app = App::build(config).await?;
     tracing::info!(addr = %app.local_addr(), "user-api listening");
     if dev_mode {
-        eprintln!("{}", dev_mode_hint(app.local_addr(), &keys_dir, no_redis));
+        eprintln!("{}", dev_mode_hint(app.local_addr(), &keys_dir, store));
     }
     let token = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
@@ -156,9 +160,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the cache and the rate-limit counters live, for the dev-mode hint.
+#[derive(Debug, Clone, Copy)]
+enum Store {
+    Redis,
+    Embedded,
+}
+
 /// What to run next, printed at start in dev mode: the README's first steps, verbatim
 /// apart from the address and the way this binary was started.
-fn dev_mode_hint(addr: SocketAddr, keys_dir: &std::path::Path, no_redis: bool) -> String {
+fn dev_mode_hint(addr: SocketAddr, keys_dir: &std::path::Path, store: Store) -> String {
     let host = if addr.ip().is_loopback() || addr.ip().is_unspecified() {
         format!("localhost:{}", addr.port())
     } else {
@@ -166,7 +177,10 @@ fn dev_mode_hint(addr: SocketAddr, keys_dir: &std::path::Path, no_redis: bool) -
     };
     let token = token_command();
     let keys = keys_dir.display();
-    let redis = if no_redis { ", no Redis" } else { "" };
+    let redis = match store {
+        Store::Embedded => ", no Redis",
+        Store::Redis => "",
+    };
     format!(
         "
 DEV MODE: tokens are signed with the local key pair in {keys}/.

@@ -11,27 +11,40 @@ use tracing_subscriber::EnvFilter;
 /// terminal and `json` otherwise).
 pub fn init_logging(format: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let terminal = std::io::stderr().is_terminal();
+    let stderr = if std::io::stderr().is_terminal() {
+        Stderr::Terminal
+    } else {
+        Stderr::Redirected
+    };
     // stderr, so that `TOKEN=$(user-api token …)` captures the token and nothing else.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(terminal)
+        .with_ansi(stderr == Stderr::Terminal)
         .with_writer(std::io::stderr);
-    let _ = if resolve_log_format(format, terminal) == "json" {
+    let _ = if resolve_log_format(format, stderr) == "json" {
         builder.json().flatten_event(true).try_init()
     } else {
         builder.try_init()
     };
 }
 
+/// Where stderr, and so the log, goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stderr {
+    /// A person is watching.
+    Terminal,
+    /// A file, a pipe or a log collector.
+    Redirected,
+}
+
 /// The format `init_logging` uses: `auto` becomes `pretty` on a terminal, `json` elsewhere;
 /// an explicit `json` or `pretty` always wins.
-pub fn resolve_log_format(format: &str, stderr_is_terminal: bool) -> &str {
-    match format {
-        "auto" if stderr_is_terminal => "pretty",
-        "auto" => "json",
-        other => other,
+pub fn resolve_log_format(format: &str, stderr: Stderr) -> &str {
+    match (format, stderr) {
+        ("auto", Stderr::Terminal) => "pretty",
+        ("auto", Stderr::Redirected) => "json",
+        (other, _) => other,
     }
 }
 

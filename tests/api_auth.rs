@@ -11,7 +11,8 @@ use common::{Backend, TestApp, json_of, sign, test_config, token};
 use serde_json::{Value, json};
 use user_api::domain::UserId;
 
-fn b64(v: &Value) -> String {
+/// A JWT header or payload segment.
+fn segment(v: &Value) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
 }
 
@@ -92,14 +93,14 @@ async fn refused_tokens() {
 
     let none = format!(
         "{}.{}.",
-        b64(&json!({"alg": "none", "typ": "JWT"})),
-        b64(&claims(&sub))
+        segment(&json!({"alg": "none", "typ": "JWT"})),
+        segment(&claims(&sub))
     );
     assert_refused(&app, &none, "alg none").await;
 
     // HS256 keyed with the public key's bytes: the classic algorithm-confusion attack.
-    let header = b64(&json!({"alg": "HS256", "typ": "JWT"}));
-    let payload = b64(&claims(&sub));
+    let header = segment(&json!({"alg": "HS256", "typ": "JWT"}));
+    let payload = segment(&claims(&sub));
     let signing_input = format!("{header}.{payload}");
     let key = aws_lc_rs::hmac::Key::new(
         aws_lc_rs::hmac::HMAC_SHA256,
@@ -129,7 +130,7 @@ async fn refused_tokens() {
     let parts: Vec<&str> = good.split('.').collect();
     let mut admin_claims = claims(&sub);
     admin_claims["role"] = json!("admin");
-    let tampered = format!("{}.{}.{}", parts[0], b64(&admin_claims), parts[2]);
+    let tampered = format!("{}.{}.{}", parts[0], segment(&admin_claims), parts[2]);
     assert_refused(&app, &tampered, "tampered").await;
     assert_refused(&app, "not.a.jwt", "garbage").await;
     assert_refused(&app, "x", "garbage").await;

@@ -1,6 +1,6 @@
 //! Robustness of the HTTP surface (SPEC 3 and 6) under junk input.
 //!
-//! - A seeded pseudo-random barrage (xorshift, no extra crates) over every route of
+//! - A seeded pseudo-random barrage (`rand`'s `StdRng`) over every route of
 //!   `GET /openapi.json` plus near-miss paths: random methods, content types, bodies (random
 //!   bytes, truncated and 10 000-deep JSON, huge numbers, duplicate keys, wrong types, NUL and
 //!   lone surrogates, sizes around 64 KiB), valid user/admin tokens and junk tokens. Every
@@ -30,6 +30,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::redis::RedisServer;
 use common::{Backend, TestApp, keys, sign, test_config};
 use futures::StreamExt;
+use rand::distr::{Alphanumeric, SampleString};
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use user_api::domain::{DocumentKind, UserId};
@@ -44,46 +48,42 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 const LIMIT: usize = 64 * 1024;
 
 // ---------------------------------------------------------------------------------------
-// A tiny deterministic generator.
+// Seeded choices.
 // ---------------------------------------------------------------------------------------
 
-/// xorshift64* — deterministic, good enough to pick junk.
-struct Rng(u64);
+/// The barrage's random choices, from a seeded generator so a failure can be replayed.
+struct Rng(StdRng);
 
 impl Rng {
     fn new(seed: u64) -> Self {
-        Self(seed.max(1))
+        Self(StdRng::seed_from_u64(seed))
     }
 
     fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.0.random()
     }
 
     fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        self.0.random_range(0..n.max(1))
     }
 
     /// True with probability `percent`/100.
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
+    fn chance(&mut self, percent: u32) -> bool {
+        self.0.random_ratio(percent, 100)
     }
 
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
+        items.choose(&mut self.0).expect("a choice among none")
     }
 
     fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
+        let mut out = vec![0; n];
+        self.0.fill(&mut out[..]);
+        out
     }
 
     fn alnum(&mut self, n: usize) -> String {
-        const A: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-        (0..n).map(|_| *self.pick(A) as char).collect()
+        Alphanumeric.sample_string(&mut self.0, n)
     }
 }
 
@@ -341,38 +341,45 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// The data of a chunked body, up to its last chunk or as far as it arrived.
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    while let Some(eol) = find(b, b"\r\n") {
-        let size_text = String::from_utf8_lossy(&b[..eol]);
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .unwrap_or(0);
-        b = &b[eol + 2..];
+    while let Ok(httparse::Status::Complete((start, size))) = httparse::parse_chunk_size(b) {
         if size == 0 {
             break;
         }
-        out.extend_from_slice(&b[..size.min(b.len())]);
-        b = &b[(size + 2).min(b.len())..];
+        let data = &b[start..];
+        let size = usize::try_from(size).unwrap_or(usize::MAX).min(data.len());
+        out.extend_from_slice(&data[..size]);
+        // The chunk's data is followed by CRLF.
+        b = &data[(size + 2).min(data.len())..];
     }
     out
 }
 
+/// The final response in `raw` (after any 1xx), its headers lower-cased.
 fn parse_response(raw: &[u8]) -> Option<Resp> {
     let mut rest = raw;
     loop {
-        let end = find(rest, b"\r\n\r\n")?;
-        let head = String::from_utf8_lossy(&rest[..end]).into_owned();
-        let after = &rest[end + 4..];
-        let mut lines = head.split("\r\n");
-        let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
+        let mut slots = [httparse::EMPTY_HEADER; 64];
+        let mut head = httparse::Response::new(&mut slots);
+        let httparse::Status::Complete(head_len) = head.parse(rest).ok()? else {
+            return None;
+        };
+        let status = head.code?;
+        let after = &rest[head_len..];
         if (100..200).contains(&status) {
             rest = after;
             continue;
         }
+        let headers: Vec<(String, String)> = head
+            .headers
+            .iter()
+            .map(|h| {
+                let value = String::from_utf8_lossy(h.value).trim().to_owned();
+                (h.name.to_ascii_lowercase(), value)
+            })
+            .collect();
         let chunked = headers
             .iter()
             .any(|(k, v)| k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
@@ -622,12 +629,12 @@ impl World {
 /// Tokens that must all be refused (401), several claiming to be the victim or an admin.
 fn junk_tokens(victim: UserId, valid: &str) -> Vec<Vec<u8>> {
     let now = chrono::Utc::now().timestamp();
-    let b64 = |v: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
+    let segment = |v: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
     let admin_claims = json!({"sub": victim.to_string(), "role": "admin", "exp": now + 3600});
     let none = format!(
         "{}.{}.",
-        b64(&json!({"alg": "none", "typ": "JWT"})),
-        b64(&admin_claims)
+        segment(&json!({"alg": "none", "typ": "JWT"})),
+        segment(&admin_claims)
     );
     let hs256 = jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
@@ -637,7 +644,7 @@ fn junk_tokens(victim: UserId, valid: &str) -> Vec<Vec<u8>> {
     .expect("hs256 token");
     // A valid signature over other claims: the payload swapped for an admin one.
     let parts: Vec<&str> = valid.split('.').collect();
-    let swapped = format!("{}.{}.{}", parts[0], b64(&admin_claims), parts[2]);
+    let swapped = format!("{}.{}.{}", parts[0], segment(&admin_claims), parts[2]);
     // One flipped character in the middle of the signature.
     let mut flipped = valid.to_owned().into_bytes();
     let mid = valid.len() - parts[2].len() / 2;

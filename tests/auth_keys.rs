@@ -12,6 +12,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use user_api::auth::{
@@ -77,23 +79,6 @@ fn cfg() -> JwtConfig {
 
 fn pem_auth(cfg: &JwtConfig) -> Authenticator {
     Authenticator::from_pem(pair(0).public.as_bytes(), cfg).expect("authenticator")
-}
-
-fn b64url(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -344,7 +329,7 @@ async fn wrong_key_is_refused() {
 #[tokio::test]
 async fn alg_none_is_refused() {
     let auth = pem_auth(&cfg());
-    let payload = b64url(base_claims().to_string().as_bytes());
+    let payload = URL_SAFE_NO_PAD.encode(base_claims().to_string().as_bytes());
     let valid_sig = sign(pair(0), None, &base_claims())
         .rsplit('.')
         .next()
@@ -358,7 +343,7 @@ async fn alg_none_is_refused() {
         json!({"typ": "JWT"}),
         json!({"alg": ""}),
     ] {
-        let h = b64url(header.to_string().as_bytes());
+        let h = URL_SAFE_NO_PAD.encode(header.to_string().as_bytes());
         assert_invalid(
             verify(&auth, &format!("{h}.{payload}.")).await,
             &format!("{header} unsigned"),
@@ -438,7 +423,10 @@ async fn other_asymmetric_algorithms_are_refused() {
     // A valid RS256 token whose header is rewritten to claim RS512.
     let good = sign(pair(0), None, &base_claims());
     let (_, rest) = good.split_once('.').expect("parts");
-    let forged = format!("{}.{rest}", b64url(br#"{"alg":"RS512","typ":"JWT"}"#));
+    let forged = format!(
+        "{}.{rest}",
+        URL_SAFE_NO_PAD.encode(br#"{"alg":"RS512","typ":"JWT"}"#)
+    );
     assert_invalid(verify(&auth, &forged).await, "header rewritten to RS512");
 }
 
@@ -478,9 +466,9 @@ async fn garbage_is_refused_without_panicking() {
         );
     }
     // Payload that is not a JSON object, correctly signed.
-    let header = b64url(br#"{"alg":"RS256","typ":"JWT"}"#);
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","typ":"JWT"}"#);
     for payload in ["[]", "\"sub\"", "12", "not json"] {
-        let p = b64url(payload.as_bytes());
+        let p = URL_SAFE_NO_PAD.encode(payload.as_bytes());
         let msg = format!("{header}.{p}");
         let pair0 = aws_lc_rs::rsa::KeyPair::from_pkcs8(
             pem::parse(pair(0).private.as_bytes())
@@ -497,7 +485,7 @@ async fn garbage_is_refused_without_panicking() {
                 &mut sig,
             )
             .expect("sign");
-        let token = format!("{msg}.{}", b64url(&sig));
+        let token = format!("{msg}.{}", URL_SAFE_NO_PAD.encode(&sig));
         assert_invalid(verify(&auth, &token).await, payload);
     }
 }
@@ -524,9 +512,12 @@ fn error_messages_are_generic() {
 
 #[test]
 fn bearer_header_parsing() {
-    assert_eq!(auth::bearer_token("Bearer abc.def.ghi"), Ok("abc.def.ghi"));
-    assert_eq!(auth::bearer_token("bearer   abc "), Ok("abc"));
-    assert_eq!(auth::bearer_token("BEARER abc"), Ok("abc"));
+    assert_eq!(
+        auth::parse_authorization("Bearer abc.def.ghi"),
+        Ok("abc.def.ghi")
+    );
+    assert_eq!(auth::parse_authorization("bearer   abc "), Ok("abc"));
+    assert_eq!(auth::parse_authorization("BEARER abc"), Ok("abc"));
     for bad in [
         "",
         "Bearer",
@@ -535,7 +526,11 @@ fn bearer_header_parsing() {
         "abc.def.ghi",
         "Token abc",
     ] {
-        assert_eq!(auth::bearer_token(bad), Err(AuthError::Missing), "{bad:?}");
+        assert_eq!(
+            auth::parse_authorization(bad),
+            Err(AuthError::Missing),
+            "{bad:?}"
+        );
     }
 }
 
@@ -796,7 +791,7 @@ async fn jwks_ignores_non_rsa_and_non_sig_keys() {
     let mut enc = public_jwk(pair(1).public.as_bytes(), "E").expect("jwk");
     enc["use"] = json!("enc");
     let doc = json!({"keys": [
-        {"kty": "oct", "k": b64url(pair(0).public.as_bytes()), "kid": "H", "alg": "HS256"},
+        {"kty": "oct", "k": URL_SAFE_NO_PAD.encode(pair(0).public.as_bytes()), "kid": "H", "alg": "HS256"},
         {"kty": "EC", "crv": "P-256", "kid": "EC", "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU", "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},
         enc,
         public_jwk(pair(0).public.as_bytes(), "A").expect("jwk"),

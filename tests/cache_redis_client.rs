@@ -53,23 +53,28 @@ async fn connects_lazily_and_recovers_through_the_breaker() {
     // Nothing listens: creating the client does not connect (or fail).
     let redis = client(&config(&server.url()));
     assert!(!redis.is_connected());
-    let mut fast_failures = 0;
+    // Three calls that really try (and fail: nothing listens), each within its timeout.
+    let mut tried = 0;
     for _ in 0..3 {
+        assert!(
+            redis.is_available(),
+            "the breaker opened after {tried} failures"
+        );
         let start = Instant::now();
         let r = redis.query::<Option<String>>(cmd("GET").arg("k")).await;
         assert!(r.is_err());
+        assert!(!matches!(r, Err(StoreError::CircuitOpen)), "{r:?}");
         assert!(start.elapsed() < Duration::from_millis(400));
-        fast_failures += 1;
+        tried += 1;
     }
-    assert_eq!(fast_failures, 3);
-    assert!(!redis.is_available(), "the breaker opened after 3 failures");
-    let start = Instant::now();
+    assert!(
+        !redis.is_available(),
+        "the breaker opened after {tried} failures"
+    );
+    // An open breaker fails at once: Redis is not tried, so nothing is waited for (the
+    // error says so; its speed is a property of the machine, not something to assert).
     let r = redis.query::<Option<String>>(cmd("GET").arg("k")).await;
     assert!(matches!(r, Err(StoreError::CircuitOpen)), "{r:?}");
-    assert!(
-        start.elapsed() < Duration::from_millis(5),
-        "an open breaker fails at once"
-    );
     let text = metrics.render();
     assert!(
         text.contains("redis_errors_total{kind=\"circuit_open\"}"),
@@ -151,8 +156,11 @@ async fn timeout_bounds_every_call() {
     let r = redis.query::<Option<String>>(cmd("GET").arg("x")).await;
     assert!(matches!(r, Err(StoreError::Timeout)), "{r:?}");
     let took = start.elapsed();
+    // Never before the 50 ms timeout; the upper bound only has to show that the call did
+    // not wait out the 1 s pause, so it is ten times the timeout (a loaded two-core
+    // machine can delay a wake-up by tens of milliseconds).
     assert!(
-        took >= Duration::from_millis(45) && took < Duration::from_millis(150),
+        took >= Duration::from_millis(45) && took < Duration::from_millis(500),
         "{took:?}"
     );
 }

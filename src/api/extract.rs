@@ -234,15 +234,15 @@ mod tests {
         ));
         #[derive(Debug, serde::Deserialize)]
         #[allow(dead_code)]
-        struct Inner {
+        struct Nested {
             a: u8,
         }
         #[derive(Debug, serde::Deserialize)]
         #[allow(dead_code)]
         struct Outer {
-            inner: Inner,
+            inner: Nested,
         }
         let e = body(r#"{"inner": 5}"#).parse_object::<Outer>().unwrap_err();
-        assert!(!e.to_string().contains("Inner"), "{e}");
+        assert!(!e.to_string().contains("Nested"), "{e}");
     }
 }

@@ -24,7 +24,7 @@ use crate::state::AppState;
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// The bearer token of a request: the header must be visible ASCII and not oversized; the
-/// scheme itself is parsed by [`auth::bearer_token`].
+/// scheme itself is parsed by [`auth::parse_authorization`].
 pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
     let value = headers
         .get(header::AUTHORIZATION)
@@ -34,7 +34,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
     if value.len() > MAX_TOKEN_BYTES {
         return Err(AuthError::Missing);
     }
-    auth::bearer_token(value)
+    auth::parse_authorization(value)
 }
 
 /// Verifies the bearer token and hands the `Caller` to the handlers.

@@ -38,7 +38,7 @@ struct KeySet {
     fetched_at: Instant,
 }
 
-enum Lookup {
+enum KeyMatch {
     Found(DecodingKey),
     UnknownKid,
     /// No `kid` in the token and more than one key to choose from.
@@ -50,22 +50,22 @@ impl KeySet {
         self.by_kid.len() + self.unnamed.len()
     }
 
-    fn find(&self, kid: Option<&str>) -> Lookup {
+    fn find(&self, kid: Option<&str>) -> KeyMatch {
         match kid {
             Some(kid) => match self.by_kid.get(kid) {
-                Some(key) => Lookup::Found(key.clone()),
+                Some(key) => KeyMatch::Found(key.clone()),
                 // Issuers that publish one key without a `kid` still stamp one on tokens;
                 // the signature check decides, so trying that lone key is safe.
                 None if self.by_kid.is_empty() && self.unnamed.len() == 1 => {
-                    Lookup::Found(self.unnamed[0].clone())
+                    KeyMatch::Found(self.unnamed[0].clone())
                 }
-                None => Lookup::UnknownKid,
+                None => KeyMatch::UnknownKid,
             },
             None if self.len() == 1 => match (self.by_kid.values().next(), self.unnamed.first()) {
-                (Some(key), _) | (None, Some(key)) => Lookup::Found(key.clone()),
-                (None, None) => Lookup::Ambiguous,
+                (Some(key), _) | (None, Some(key)) => KeyMatch::Found(key.clone()),
+                (None, None) => KeyMatch::Ambiguous,
             },
-            None => Lookup::Ambiguous,
+            None => KeyMatch::Ambiguous,
         }
     }
 }
@@ -164,13 +164,13 @@ impl JwksCache {
                 .ok_or(AuthError::KeysUnavailable)?,
         };
         match set.find(kid) {
-            Lookup::Found(key) => Ok(key),
-            Lookup::Ambiguous => Err(AuthError::Invalid("Token has no key id")),
-            Lookup::UnknownKid => {
+            KeyMatch::Found(key) => Ok(key),
+            KeyMatch::Ambiguous => Err(AuthError::Invalid("Token has no key id")),
+            KeyMatch::UnknownKid => {
                 tracing::debug!(kid, "unknown kid; refetching the JWKS");
                 let fresh = self.refresh(self.min_refetch).await.unwrap_or(set);
                 match fresh.find(kid) {
-                    Lookup::Found(key) => Ok(key),
+                    KeyMatch::Found(key) => Ok(key),
                     _ => Err(AuthError::Invalid("Unknown token signing key")),
                 }
             }
@@ -395,9 +395,9 @@ mod tests {
         let set = parse_jwks(body.to_string().as_bytes()).expect("set");
         assert_eq!(set.by_kid.keys().collect::<Vec<_>>(), vec!["a"]);
         assert_eq!(set.unnamed.len(), 1);
-        assert!(matches!(set.find(None), Lookup::Ambiguous));
-        assert!(matches!(set.find(Some("a")), Lookup::Found(_)));
-        assert!(matches!(set.find(Some("ec")), Lookup::UnknownKid));
+        assert!(matches!(set.find(None), KeyMatch::Ambiguous));
+        assert!(matches!(set.find(Some("a")), KeyMatch::Found(_)));
+        assert!(matches!(set.find(Some("ec")), KeyMatch::UnknownKid));
     }
 
     #[test]
@@ -406,8 +406,8 @@ mod tests {
         let mut jwk = public_jwk(public.as_bytes(), "x").expect("jwk");
         jwk.as_object_mut().map(|o| o.remove("kid"));
         let set = parse_jwks(json!({"keys": [jwk]}).to_string().as_bytes()).expect("set");
-        assert!(matches!(set.find(Some("anything")), Lookup::Found(_)));
-        assert!(matches!(set.find(None), Lookup::Found(_)));
+        assert!(matches!(set.find(Some("anything")), KeyMatch::Found(_)));
+        assert!(matches!(set.find(None), KeyMatch::Found(_)));
     }
 
     #[test]

@@ -178,10 +178,10 @@ impl fmt::Display for KeyMode {
 /// Verifies bearer tokens; cheap to clone, shareable across tasks.
 #[derive(Clone)]
 pub struct Authenticator {
-    inner: Arc<Inner>,
+    inner: Arc<AuthenticatorInner>,
 }
 
-struct Inner {
+struct AuthenticatorInner {
     mode: KeyMode,
     source: KeySource,
     validation: Validation,
@@ -289,7 +289,7 @@ impl Authenticator {
         }
         validation.set_required_spec_claims(&required);
         Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new(AuthenticatorInner {
                 mode,
                 source,
                 validation,
@@ -398,7 +398,7 @@ fn token_digest(token: &str) -> [u8; 32] {
 
 /// Extracts the token from an `Authorization` header value (`Bearer <token>`, scheme
 /// case-insensitive); anything else counts as a missing token.
-pub fn bearer_token(header_value: &str) -> Result<&str, AuthError> {
+pub fn parse_authorization(header_value: &str) -> Result<&str, AuthError> {
     let value = header_value.trim();
     let (scheme, rest) = value.split_once(' ').ok_or(AuthError::Missing)?;
     if !scheme.eq_ignore_ascii_case("bearer") {

@@ -42,8 +42,8 @@ use crate::redis::{RedisClient, StoreError};
 
 pub use entry::{Cached, entry_ttl, now_millis, profile_entry};
 pub use keys::{EntryKeys, Kind, document_key, keys_for, kinds_for, profile_key};
-pub use memory::MemoryStore;
-pub use redis_store::RedisStore;
+pub use memory::MemoryCacheStore;
+pub use redis_store::RedisCacheStore;
 pub use store::{CacheStore, Fill, FillContent, HITS_KEY, MISSES_KEY, Observed};
 pub use totals::CacheMetrics;
 
@@ -139,8 +139,8 @@ impl Cache {
     /// The store for `redis` (or the in-process one when there is no Redis).
     pub fn store_for(redis: Option<&RedisClient>) -> Arc<dyn CacheStore> {
         match redis {
-            Some(client) => Arc::new(RedisStore::new(client.clone())),
-            None => Arc::new(MemoryStore::new()),
+            Some(client) => Arc::new(RedisCacheStore::new(client.clone())),
+            None => Arc::new(MemoryCacheStore::new()),
         }
     }
 

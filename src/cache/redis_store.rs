@@ -49,11 +49,11 @@ return 1
 });
 
 /// Cache entries and shared counters in Redis.
-pub struct RedisStore {
+pub struct RedisCacheStore {
     client: RedisClient,
 }
 
-impl RedisStore {
+impl RedisCacheStore {
     /// A store over `client`.
     pub fn new(client: RedisClient) -> Self {
         client.register_script(&FILL_SCRIPT);
@@ -147,7 +147,7 @@ fn mget(keys: &EntryKeys) -> Cmd {
 }
 
 #[async_trait]
-impl CacheStore for RedisStore {
+impl CacheStore for RedisCacheStore {
     fn kind(&self) -> &'static str {
         if self.client.is_cluster() {
             "redis-cluster"

@@ -1,10 +1,20 @@
-//! The database: one `ProfileRepo` trait, implemented for PostgreSQL and embedded SQLite.
+//! The database: one `ProfileRepo` trait, implemented once over sqlx ([`SqlRepo`]) for
+//! PostgreSQL and embedded SQLite, each a [`Dialect`] for what it does its own way.
 //!
-//! The backend is chosen once, from the URL scheme, in [`connect`]. Every mutating call
-//! also records a pending cache invalidation (an outbox row) in the same transaction, so a
-//! write acknowledged while Redis is unreachable is never hidden later by an older cache entry.
+//! The backend is chosen once, from the URL scheme, in [`connect`], and wrapped in
+//! [`Bounded`], the client-side ceiling on every call. Every mutating call also records a
+//! pending cache invalidation (an outbox row) in the same transaction, so a write
+//! acknowledged while Redis is unreachable is never hidden later by an older cache entry.
+//!
+//! * [`sql`]: the statements, written once where the dialects agree.
+//! * [`codec`]: how domain values are stored on each backend (rows decode with `FromRow`).
+//! * `sql_repo`: the repository; `postgres`, `sqlite`: the dialects and their pools.
 
+mod bounded;
+pub mod codec;
 mod postgres;
+pub mod sql;
+mod sql_repo;
 mod sqlite;
 
 use std::sync::Arc;
@@ -17,7 +27,9 @@ use crate::domain::{
     Document, DocumentKind, JsonObject, NewProfile, Profile, ProfilePatch, UserId,
 };
 
+pub use bounded::Bounded;
 pub use postgres::PostgresRepo;
+pub use sql_repo::{Dialect, SqlRepo};
 pub use sqlite::SqliteRepo;
 
 /// Shared handle to the chosen backend.
@@ -46,7 +58,7 @@ pub enum DbError {
 impl DbError {
     /// Counts failures of the database itself in `db_errors_total{kind}` (conflicts are
     /// answers, not failures, and are not counted).
-    pub fn counted(self) -> Self {
+    pub fn record_metric(self) -> Self {
         let kind = match &self {
             Self::Unavailable(_) => "unavailable",
             Self::Other(_) | Self::Migrate(_) => "other",
@@ -111,12 +123,20 @@ impl InvalidationScope {
     }
 }
 
+/// The stored form, as [`InvalidationScope::parse`] reads it.
+impl From<String> for InvalidationScope {
+    fn from(stored: String) -> Self {
+        Self::parse(&stored)
+    }
+}
+
 /// A cache invalidation recorded with a write and not yet confirmed applied.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct PendingInvalidation {
     /// Outbox row id.
     pub id: i64,
     pub user_id: UserId,
+    #[sqlx(try_from = "String")]
     pub scope: InvalidationScope,
 }
 
@@ -153,6 +173,15 @@ pub struct PoolOptions {
     pub acquire_timeout: Duration,
     /// Server-side statement timeout (PostgreSQL) / busy timeout (SQLite).
     pub statement_timeout: Duration,
+}
+
+impl PoolOptions {
+    /// The client-side ceiling of one call ([`Bounded`]): getting a connection, twice the
+    /// statement limit and a second; `None` when no statement limit is configured.
+    pub fn call_ceiling(&self) -> Option<Duration> {
+        (!self.statement_timeout.is_zero())
+            .then(|| self.acquire_timeout + self.statement_timeout * 2 + Duration::from_secs(1))
+    }
 }
 
 /// Storage of profiles, their documents and the invalidation outbox.
@@ -240,11 +269,19 @@ pub trait ProfileRepo: Send + Sync + 'static {
     async fn clear_invalidations(&self, ids: &[i64]) -> Result<(), DbError>;
 }
 
-/// Opens the backend named by the URL scheme (`postgres://`/`postgresql://` or `sqlite://`).
+/// Opens the backend named by the URL scheme (`postgres://`/`postgresql://` or `sqlite://`),
+/// under the call ceiling `opts` imply.
 pub async fn connect(url: &str, opts: &PoolOptions) -> Result<Repo, DbError> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PostgresRepo::connect(url, opts).await?))
+        Ok(bounded(PostgresRepo::connect(url, opts).await?, opts))
     } else {
-        Ok(Arc::new(SqliteRepo::connect(url, opts).await?))
+        Ok(bounded(SqliteRepo::connect(url, opts).await?, opts))
+    }
+}
+
+fn bounded(repo: impl ProfileRepo, opts: &PoolOptions) -> Repo {
+    match opts.call_ceiling() {
+        Some(ceiling) => Arc::new(Bounded::new(repo, ceiling)),
+        None => Arc::new(repo),
     }
 }

@@ -7,7 +7,9 @@ mod user_id;
 
 pub use document::{Document, DocumentKind, JsonObject};
 pub use email::Email;
-pub use profile::{NewProfile, Profile, ProfileInput, ProfilePatch, ProfilePatchInput, timestamp};
+pub use profile::{
+    FieldChange, NewProfile, Profile, ProfileInput, ProfilePatch, ProfilePatchInput, timestamp,
+};
 pub use user_id::UserId;
 
 /// A client-supplied value that fails validation; always answered with 422.

@@ -1,11 +1,11 @@
 use chrono::{DateTime, NaiveDate, Utc};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{Email, MAX_ADDRESS_CHARS, MAX_TEXT_CHARS, UserId, ValidationError, check_text};
 
 /// A stored profile, exactly as the API and the cache show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
 pub struct Profile {
     /// The owner's id (the `sub` of their tokens).
     #[schema(value_type = String, format = Uuid)]
@@ -40,16 +40,68 @@ pub struct NewProfile {
     pub date_of_birth: Option<NaiveDate>,
 }
 
-/// A validated partial update: `None` leaves a field alone, `Some(None)` clears it.
+/// One field of a partial update: left alone, cleared, or set to a value.
+///
+/// As a JSON field (with `#[serde(default)]`): absent is `Keep`, `null` is `Clear`, and a
+/// value is `Set`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(from = "Option<T>")]
+pub enum FieldChange<T> {
+    /// Not sent: the stored value stays.
+    #[default]
+    Keep,
+    /// Sent as `null`: the stored value is removed.
+    Clear,
+    /// Sent with a value: it replaces the stored one.
+    Set(T),
+}
+
+/// A field that was sent: `null` clears, a value sets.
+impl<T> From<Option<T>> for FieldChange<T> {
+    fn from(sent: Option<T>) -> Self {
+        sent.map_or(Self::Clear, Self::Set)
+    }
+}
+
+impl<T> FieldChange<T> {
+    /// `Set` for a value, `Keep` for none (a create-shaped body touches only what it has).
+    pub fn set_if_some(value: Option<T>) -> Self {
+        value.map_or(Self::Keep, Self::Set)
+    }
+
+    /// True unless the field is left alone.
+    pub fn changes(&self) -> bool {
+        !matches!(self, Self::Keep)
+    }
+
+    /// The value the field gets when it is set; `None` when it is kept or cleared.
+    pub fn new_value(&self) -> Option<&T> {
+        match self {
+            Self::Set(v) => Some(v),
+            Self::Keep | Self::Clear => None,
+        }
+    }
+
+    /// Validates or converts a set value; `Keep` and `Clear` pass through.
+    pub fn try_map<U, E>(self, f: impl FnOnce(T) -> Result<U, E>) -> Result<FieldChange<U>, E> {
+        Ok(match self {
+            Self::Keep => FieldChange::Keep,
+            Self::Clear => FieldChange::Clear,
+            Self::Set(v) => FieldChange::Set(f(v)?),
+        })
+    }
+}
+
+/// A validated partial update.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProfilePatch {
-    pub first_name: Option<Option<String>>,
-    pub last_name: Option<Option<String>>,
-    pub name: Option<Option<String>>,
-    pub email: Option<Option<Email>>,
-    pub phone: Option<Option<String>>,
-    pub address: Option<Option<String>>,
-    pub date_of_birth: Option<Option<NaiveDate>>,
+    pub first_name: FieldChange<String>,
+    pub last_name: FieldChange<String>,
+    pub name: FieldChange<String>,
+    pub email: FieldChange<Email>,
+    pub phone: FieldChange<String>,
+    pub address: FieldChange<String>,
+    pub date_of_birth: FieldChange<NaiveDate>,
 }
 
 impl ProfilePatch {
@@ -57,21 +109,21 @@ impl ProfilePatch {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+}
 
-    /// Applies the patch to a profile in memory (used by backends that read-modify-write).
-    pub fn apply_to(&self, p: &mut Profile) {
-        fn set<T: Clone>(dst: &mut Option<T>, src: &Option<Option<T>>) {
-            if let Some(v) = src {
-                dst.clone_from(v);
-            }
+/// The fields a patch sets (what an upsert inserts when there is no row yet): a kept or
+/// cleared field is empty.
+impl From<&ProfilePatch> for NewProfile {
+    fn from(patch: &ProfilePatch) -> Self {
+        NewProfile {
+            first_name: patch.first_name.new_value().cloned(),
+            last_name: patch.last_name.new_value().cloned(),
+            name: patch.name.new_value().cloned(),
+            email: patch.email.new_value().cloned(),
+            phone: patch.phone.new_value().cloned(),
+            address: patch.address.new_value().cloned(),
+            date_of_birth: patch.date_of_birth.new_value().copied(),
         }
-        set(&mut p.first_name, &self.first_name);
-        set(&mut p.last_name, &self.last_name);
-        set(&mut p.name, &self.name);
-        set(&mut p.email, &self.email);
-        set(&mut p.phone, &self.phone);
-        set(&mut p.address, &self.address);
-        set(&mut p.date_of_birth, &self.date_of_birth);
     }
 }
 
@@ -120,54 +172,44 @@ impl ProfileInput {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfilePatchInput {
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default)]
     #[schema(value_type = Option<String>, max_length = 255, pattern = "^[^\\u0000]*$")]
-    pub first_name: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
+    pub first_name: FieldChange<String>,
+    #[serde(default)]
     #[schema(value_type = Option<String>, max_length = 255, pattern = "^[^\\u0000]*$")]
-    pub last_name: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
+    pub last_name: FieldChange<String>,
+    #[serde(default)]
     #[schema(value_type = Option<String>, max_length = 255, pattern = "^[^\\u0000]*$")]
-    pub name: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
+    pub name: FieldChange<String>,
+    #[serde(default)]
     #[schema(value_type = Option<String>, format = Email, max_length = 255)]
-    pub email: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
+    pub email: FieldChange<String>,
+    #[serde(default)]
     #[schema(value_type = Option<String>, max_length = 255, pattern = "^[^\\u0000]*$")]
-    pub phone: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
+    pub phone: FieldChange<String>,
+    #[serde(default)]
     #[schema(value_type = Option<String>, max_length = 1000, pattern = "^[^\\u0000]*$")]
-    pub address: Option<Option<String>>,
+    pub address: FieldChange<String>,
     /// `YYYY-MM-DD`, or `null` to clear.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default)]
     #[schema(value_type = Option<String>, format = Date)]
-    pub date_of_birth: Option<Option<String>>,
+    pub date_of_birth: FieldChange<String>,
 }
 
 impl ProfilePatchInput {
     /// Validates every field that was sent.
     pub fn validate(self) -> Result<ProfilePatch, ValidationError> {
-        fn each<T, U>(
-            v: Option<Option<T>>,
-            f: impl FnOnce(T) -> Result<U, ValidationError>,
-        ) -> Result<Option<Option<U>>, ValidationError> {
-            match v {
-                None => Ok(None),
-                Some(None) => Ok(Some(None)),
-                Some(Some(x)) => f(x).map(|u| Some(Some(u))),
-            }
-        }
         let t = |field: &'static str, max: usize| {
             move |s: String| check_text(field, &s, max).map(|()| s)
         };
         Ok(ProfilePatch {
-            first_name: each(self.first_name, t("first_name", MAX_TEXT_CHARS))?,
-            last_name: each(self.last_name, t("last_name", MAX_TEXT_CHARS))?,
-            name: each(self.name, t("name", MAX_TEXT_CHARS))?,
-            email: each(self.email, |s| Email::parse(&s))?,
-            phone: each(self.phone, t("phone", MAX_TEXT_CHARS))?,
-            address: each(self.address, t("address", MAX_ADDRESS_CHARS))?,
-            date_of_birth: each(self.date_of_birth, |s| parse_date(&s))?,
+            first_name: self.first_name.try_map(t("first_name", MAX_TEXT_CHARS))?,
+            last_name: self.last_name.try_map(t("last_name", MAX_TEXT_CHARS))?,
+            name: self.name.try_map(t("name", MAX_TEXT_CHARS))?,
+            email: self.email.try_map(|s| Email::parse(&s))?,
+            phone: self.phone.try_map(t("phone", MAX_TEXT_CHARS))?,
+            address: self.address.try_map(t("address", MAX_ADDRESS_CHARS))?,
+            date_of_birth: self.date_of_birth.try_map(|s| parse_date(&s))?,
         })
     }
 }
@@ -176,24 +218,15 @@ impl From<NewProfile> for ProfilePatch {
     fn from(p: NewProfile) -> Self {
         // An upsert from a create-shaped body touches only the fields that were sent.
         ProfilePatch {
-            first_name: p.first_name.map(Some),
-            last_name: p.last_name.map(Some),
-            name: p.name.map(Some),
-            email: p.email.map(Some),
-            phone: p.phone.map(Some),
-            address: p.address.map(Some),
-            date_of_birth: p.date_of_birth.map(Some),
+            first_name: FieldChange::set_if_some(p.first_name),
+            last_name: FieldChange::set_if_some(p.last_name),
+            name: FieldChange::set_if_some(p.name),
+            email: FieldChange::set_if_some(p.email),
+            phone: FieldChange::set_if_some(p.phone),
+            address: FieldChange::set_if_some(p.address),
+            date_of_birth: FieldChange::set_if_some(p.date_of_birth),
         }
     }
-}
-
-/// Distinguishes a field sent as `null` (`Some(None)`) from one not sent (`None`, via `default`).
-fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
 }
 
 fn text(field: &str, v: Option<String>, max: usize) -> Result<Option<String>, ValidationError> {
@@ -294,9 +327,9 @@ mod tests {
     fn patch_distinguishes_null_from_absent() {
         let p: ProfilePatchInput = serde_json::from_str(r#"{"phone": null, "name": "x"}"#).unwrap();
         let p = p.validate().unwrap();
-        assert_eq!(p.phone, Some(None));
-        assert_eq!(p.name, Some(Some("x".into())));
-        assert_eq!(p.email, None);
+        assert_eq!(p.phone, FieldChange::Clear);
+        assert_eq!(p.name, FieldChange::Set("x".into()));
+        assert_eq!(p.email, FieldChange::Keep);
     }
 
     #[test]

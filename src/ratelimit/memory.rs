@@ -23,13 +23,13 @@ struct Shard {
 }
 
 /// Windowed counters in process memory.
-pub struct MemoryStore {
+pub struct LocalCounters {
     shards: Vec<Mutex<Shard>>,
     /// Most live counters per shard; past it, new keys share one overflow counter.
     max_per_shard: usize,
 }
 
-impl Default for MemoryStore {
+impl Default for LocalCounters {
     fn default() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
@@ -38,7 +38,7 @@ impl Default for MemoryStore {
     }
 }
 
-impl MemoryStore {
+impl LocalCounters {
     /// A store holding at most about `max_keys` counters. Once full, a key it does not
     /// hold yet counts on its shard's shared overflow counter for the window: memory stays
     /// bounded whatever keys clients can make up (addresses), and the overflow is limited
@@ -110,7 +110,7 @@ mod tests {
 
     #[test]
     fn counts_and_evicts_per_window() {
-        let store = MemoryStore::default();
+        let store = LocalCounters::default();
         let w = Window::at(10_000, 2);
         assert_eq!(store.hit("k", &w, 10_000).count, 1);
         assert_eq!(store.hit("k", &w, 10_500).count, 2);
@@ -131,7 +131,7 @@ mod tests {
 
     #[test]
     fn a_bounded_store_overflows_into_one_counter() {
-        let store = MemoryStore::bounded(SHARDS * 4);
+        let store = LocalCounters::bounded(SHARDS * 4);
         let w = Window::at(0, 3600);
         let mut counts = Vec::new();
         for i in 0..10_000 {
@@ -158,7 +158,7 @@ mod tests {
 
     #[test]
     fn exact_under_concurrency() {
-        let store = Arc::new(MemoryStore::default());
+        let store = Arc::new(LocalCounters::default());
         let w = Window::at(0, 3600);
         let handles: Vec<_> = (0..8)
             .map(|_| {

@@ -33,9 +33,9 @@ use crate::config::{FailMode, RateLimitConfig};
 use crate::domain::UserId;
 use crate::redis::{RedisClient, StoreError};
 
-pub use memory::MemoryStore;
+pub use memory::LocalCounters;
 pub use policy::Policy;
-pub use redis_store::RedisStore;
+pub use redis_store::RedisCounters;
 pub use window::Window;
 
 /// A counter after one more request.
@@ -98,14 +98,14 @@ const MAX_ADDRESS_COUNTERS: usize = 100_000;
 /// Store failures are logged at most this often (every one is counted in metrics).
 const LOG_EVERY_MS: u64 = 10_000;
 
-struct Inner {
+struct LimiterInner {
     config: RateLimitConfig,
     /// `None`: no Redis configured, `local` is the store.
-    redis: Option<RedisStore>,
+    redis: Option<RedisCounters>,
     /// The store without Redis; the fallback while Redis is unreachable.
-    local: MemoryStore,
+    local: LocalCounters,
     /// The in-process per-address counters: bounded, since clients choose addresses.
-    local_addresses: MemoryStore,
+    local_addresses: LocalCounters,
     /// Addresses over their per-address limit → end of their window (Unix ms).
     blocked: RwLock<HashMap<IpAddr, u64>>,
     last_error_log_ms: AtomicU64,
@@ -114,7 +114,7 @@ struct Inner {
 /// The rate limiter shared by every request of an instance.
 #[derive(Clone)]
 pub struct Limiter {
-    inner: Arc<Inner>,
+    inner: Arc<LimiterInner>,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -130,11 +130,11 @@ impl Limiter {
     /// A limiter over `redis` (the app's one shared client) or, without it, in process.
     pub fn new(config: &RateLimitConfig, redis: Option<RedisClient>) -> Self {
         Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new(LimiterInner {
                 config: config.clone(),
-                redis: redis.map(RedisStore::new),
-                local: MemoryStore::default(),
-                local_addresses: MemoryStore::bounded(MAX_ADDRESS_COUNTERS),
+                redis: redis.map(RedisCounters::new),
+                local: LocalCounters::default(),
+                local_addresses: LocalCounters::bounded(MAX_ADDRESS_COUNTERS),
                 blocked: RwLock::new(HashMap::new()),
                 last_error_log_ms: AtomicU64::new(0),
             }),
@@ -161,7 +161,7 @@ impl Limiter {
     }
 
     /// The in-process counters (tests inspect them).
-    pub fn local_store(&self) -> &MemoryStore {
+    pub fn local_counters(&self) -> &LocalCounters {
         &self.inner.local
     }
 

@@ -33,11 +33,11 @@ static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LUA));
 
 /// The counter store over the shared Redis client.
 #[derive(Clone)]
-pub struct RedisStore {
+pub struct RedisCounters {
     client: RedisClient,
 }
 
-impl RedisStore {
+impl RedisCounters {
     /// Uses `client` (the app's one Redis client, shared with the cache).
     pub fn new(client: RedisClient) -> Self {
         client.register_script(&SCRIPT);

@@ -113,16 +113,16 @@ enum Target {
 
 type ConnectFuture = Shared<BoxFuture<'static, Result<Conn, RedisError>>>;
 
-/// The lazily filled connection slot; reset to `Empty` when a connection attempt fails.
-enum Slot {
+/// The lazily made connection; reset to `Empty` when a connection attempt fails.
+enum ConnState {
     Empty,
     Connecting(ConnectFuture),
     Ready(Conn),
 }
 
-struct Inner {
+struct ClientInner {
     target: Target,
-    slot: Mutex<Slot>,
+    conn: Mutex<ConnState>,
     breaker: Breaker,
     timeout: Duration,
     connect_timeout: Duration,
@@ -133,7 +133,7 @@ struct Inner {
 /// A lazily connected Redis (single node or cluster) behind a per-call timeout and a circuit breaker.
 #[derive(Clone)]
 pub struct RedisClient {
-    inner: Arc<Inner>,
+    inner: Arc<ClientInner>,
 }
 
 impl std::fmt::Debug for RedisClient {
@@ -169,9 +169,9 @@ impl RedisClient {
         };
         let redis = &config.redis;
         Ok(Some(Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new(ClientInner {
                 target,
-                slot: Mutex::new(Slot::Empty),
+                conn: Mutex::new(ConnState::Empty),
                 breaker: Breaker::new(
                     redis.breaker_failures,
                     Duration::from_millis(redis.breaker_cooldown_ms),
@@ -210,8 +210,8 @@ impl RedisClient {
 
     /// True once a connection has been established (it may have failed since).
     pub fn is_connected(&self) -> bool {
-        let slot = self.inner.slot.lock().unwrap_or_else(|p| p.into_inner());
-        matches!(*slot, Slot::Ready(_))
+        let conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+        matches!(*conn, ConnState::Ready(_))
     }
 
     /// The per-call timeout.
@@ -373,39 +373,39 @@ impl RedisClient {
         // once the breaker is open, the next probe builds a fresh one. (The single-node
         // ConnectionManager reconnects by itself.)
         if self.is_cluster() && self.inner.breaker.is_open() {
-            let mut slot = self.inner.slot.lock().unwrap_or_else(|p| p.into_inner());
-            if matches!(*slot, Slot::Ready(_)) {
-                *slot = Slot::Empty;
+            let mut conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+            if matches!(*conn, ConnState::Ready(_)) {
+                *conn = ConnState::Empty;
             }
         }
     }
 }
 
-impl Inner {
+impl ClientInner {
     /// The current connection, starting a connection attempt when there is none. The
     /// attempt runs in its own task, so a caller that gives up (timeout) does not cancel
     /// it and the next caller finds it done.
     fn connection(self: &Arc<Self>) -> impl Future<Output = Result<Conn, RedisError>> + use<> {
         let fut = {
-            let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
-            match &*slot {
-                Slot::Ready(c) => {
+            let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+            match &*conn {
+                ConnState::Ready(c) => {
                     return futures::future::Either::Left(std::future::ready(Ok(c.clone())));
                 }
-                Slot::Connecting(f) => f.clone(),
-                Slot::Empty => {
+                ConnState::Connecting(f) => f.clone(),
+                ConnState::Empty => {
                     let f = self.connect_future();
-                    *slot = Slot::Connecting(f.clone());
+                    *conn = ConnState::Connecting(f.clone());
                     let driver = f.clone();
-                    let weak: Weak<Inner> = Arc::downgrade(self);
+                    let weak: Weak<ClientInner> = Arc::downgrade(self);
                     tokio::spawn(async move {
                         let result = driver.await;
                         let Some(inner) = weak.upgrade() else { return };
-                        let mut slot = inner.slot.lock().unwrap_or_else(|p| p.into_inner());
-                        if matches!(*slot, Slot::Connecting(_)) {
-                            *slot = match result {
-                                Ok(c) => Slot::Ready(c),
-                                Err(_) => Slot::Empty,
+                        let mut conn = inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+                        if matches!(*conn, ConnState::Connecting(_)) {
+                            *conn = match result {
+                                Ok(c) => ConnState::Ready(c),
+                                Err(_) => ConnState::Empty,
                             };
                         }
                     });

@@ -39,11 +39,16 @@ mod tests {
 
     #[test]
     fn matches_redis() {
-        // Values from `CLUSTER KEYSLOT`.
+        // Values from `CLUSTER KEYSLOT` (Redis 7), hash-tag rules included: the first
+        // `{…}` with something inside counts, an empty `{}` means the whole key.
         assert_eq!(key_slot(b"foo"), 12182);
         assert_eq!(key_slot(b"bar"), 5061);
         assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
-        assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
+        assert_eq!(key_slot(b"foo{bar}{zap}"), 5061);
+        assert_eq!(key_slot(b"foo{{bar}}zap"), 4015);
+        assert_eq!(key_slot(b"foo{}{bar}"), 8363);
+        assert_eq!(key_slot(b"{}"), 15257);
+        assert_eq!(key_slot(b"foo{"), 7673);
         assert_eq!(crc16(b"123456789"), 0x31C3);
     }
 }

@@ -15,11 +15,10 @@ use crate::cache::EvictionCheck;
 /// Longest wait of the start-up prewarm for a usable cache store.
 const PREWARM_WAIT: Duration = Duration::from_secs(10);
 
-/// Starts the background tasks; `prewarm` runs the start-up prewarm once.
+/// Starts the background tasks, and the start-up prewarm once when `prewarm.enabled`.
 pub fn spawn_background(
     service: &ProfileService,
     shutdown: &CancellationToken,
-    prewarm: bool,
 ) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     let cache = service.cache();
@@ -75,7 +74,7 @@ pub fn spawn_background(
         warn_about_eviction(&c.check_eviction_policy().await);
     }));
 
-    if prewarm {
+    if cache.settings().prewarm.enabled {
         let (svc, stop) = (service.clone(), shutdown.clone());
         tasks.push(tokio::spawn(async move {
             let c = svc.cache().clone();

@@ -61,6 +61,27 @@ pub async fn next_window(window_secs: u64) {
     tokio::time::sleep(Duration::from_millis(left + 50)).await;
 }
 
+/// Runs `burst` from the start of a fresh `window_secs` window, and again in the next
+/// window (up to five times) when it did not fit in one: on a loaded machine a few
+/// requests can outlast a two-second window, and these tests are about counting, not
+/// speed. `burst` must start from zero each time (a new caller); its last result is
+/// returned with the window it fitted in.
+pub async fn within_one_window<T, F, Fut>(window_secs: u64, mut burst: F) -> (Window, T)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    for _ in 0..5 {
+        next_window(window_secs).await;
+        let window = Window::current(window_secs);
+        let out = burst().await;
+        if Window::current(window_secs) == window {
+            return (window, out);
+        }
+    }
+    panic!("five bursts in a row took longer than a {window_secs} s window");
+}
+
 /// The value of header `name`, which must be there.
 pub fn header(res: &reqwest::Response, name: &str) -> String {
     res.headers()
@@ -196,21 +217,18 @@ pub async fn app_with_cached_profile(mut config: Config) -> (TestApp, String, St
     wait_connected(&app).await;
     let id = UserId::random();
     let t = tok(id, false);
-    // An iat-less token: no login record (and with it no invalidation) follows.
-    super::redis::create(&app, id, json!({"name": "Hot"})).await;
+    // Created with the iat-less token too: a token with `iat` records a login, whose
+    // invalidation lands up to `logins.flush_ms` later and would empty the entry again.
+    app.create_profile_as(&t, &json!({"name": "Hot"})).await;
     let path = format!("/api/profiles/{id}");
-    // Twice, apart, to be sure the entry stays.
-    for _ in 0..2 {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            assert!(Instant::now() < deadline, "the profile never became cached");
-            let (s, body) = super::json_of(app.get(&path, &t).await).await;
-            assert_eq!(s, 200);
-            if body["cached"] == true {
-                break;
-            }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        assert!(Instant::now() < deadline, "the profile never became cached");
+        let (s, body) = super::json_of(app.get(&path, &t).await).await;
+        assert_eq!(s, 200);
+        if body["cached"] == true {
+            break;
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     (app, path, t)
 }

@@ -1,0 +1,135 @@
+//! SQL text, built once at compile time. Where PostgreSQL and SQLite agree (both take
+//! `$n` parameters, `ON CONFLICT`, `RETURNING`) a statement is written here once; the few
+//! that differ live with their backend.
+
+use crate::domain::DocumentKind;
+
+/// The columns of `profiles`, in the order of [`crate::domain::Profile`].
+macro_rules! profile_columns {
+    () => {
+        "user_id, first_name, last_name, name, email, phone, address, date_of_birth, \
+         last_login, created_at, updated_at"
+    };
+}
+pub(super) use profile_columns;
+
+/// $1 id.
+pub const FETCH_PROFILE: &str = concat!(
+    "SELECT ",
+    profile_columns!(),
+    " FROM profiles WHERE user_id = $1"
+);
+
+/// $1 logged in after, $2 limit.
+pub const RECENT_LOGINS: &str = concat!(
+    "SELECT ",
+    profile_columns!(),
+    " FROM profiles WHERE last_login > $1 ORDER BY last_login DESC, user_id LIMIT $2"
+);
+
+/// $1 id, $2–$8 the fields, $9 now (created and updated). No row back when the id exists;
+/// an e-mail held by another row raises the unique violation.
+pub const INSERT_PROFILE: &str = concat!(
+    "INSERT INTO profiles (",
+    profile_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $9) \
+     ON CONFLICT (user_id) DO NOTHING RETURNING ",
+    profile_columns!()
+);
+
+/// $1 id, then a flag and a value per field ($2 … $15), $16 now. One static statement
+/// whatever the patch, so it is prepared once per connection.
+pub const APPLY_PATCH: &str = concat!(
+    "UPDATE profiles SET \
+       first_name    = CASE WHEN $2  THEN $3  ELSE first_name    END, \
+       last_name     = CASE WHEN $4  THEN $5  ELSE last_name     END, \
+       name          = CASE WHEN $6  THEN $7  ELSE name          END, \
+       email         = CASE WHEN $8  THEN $9  ELSE email         END, \
+       phone         = CASE WHEN $10 THEN $11 ELSE phone         END, \
+       address       = CASE WHEN $12 THEN $13 ELSE address       END, \
+       date_of_birth = CASE WHEN $14 THEN $15 ELSE date_of_birth END, \
+       updated_at    = $16 \
+     WHERE user_id = $1 RETURNING ",
+    profile_columns!()
+);
+
+/// $1 id; answers the deleted row.
+pub const DELETE_PROFILE: &str = concat!(
+    "DELETE FROM profiles WHERE user_id = $1 RETURNING ",
+    profile_columns!()
+);
+
+/// $1 id, $2 scope, $3 now; answers the row id.
+pub const INSERT_INVALIDATION: &str =
+    "INSERT INTO cache_invalidations (user_id, scope, created_at) VALUES ($1, $2, $3) RETURNING id";
+
+/// $1 limit; oldest first.
+pub const PENDING_INVALIDATIONS: &str =
+    "SELECT id, user_id, scope FROM cache_invalidations ORDER BY id LIMIT $1";
+
+macro_rules! fetch_document {
+    ($table:literal) => {
+        concat!(
+            "SELECT d.data, d.updated_at FROM profiles p LEFT JOIN ",
+            $table,
+            " d ON d.user_id = p.user_id WHERE p.user_id = $1"
+        )
+    };
+}
+
+macro_rules! replace_document {
+    ($table:literal) => {
+        concat!(
+            "INSERT INTO ",
+            $table,
+            " (user_id, data, updated_at) VALUES ($1, $2, $3) ON CONFLICT (user_id) DO UPDATE \
+             SET data = excluded.data, updated_at = excluded.updated_at RETURNING data, updated_at"
+        )
+    };
+}
+
+macro_rules! delete_document {
+    ($table:literal) => {
+        concat!("DELETE FROM ", $table, " WHERE user_id = $1")
+    };
+}
+
+/// $1 id: the document (NULLs when never written), or no row when there is no profile.
+pub fn fetch_document(kind: DocumentKind) -> &'static str {
+    match kind {
+        DocumentKind::Settings => fetch_document!("settings"),
+        DocumentKind::Preferences => fetch_document!("preferences"),
+    }
+}
+
+/// $1 id, $2 data, $3 now; answers what was stored. A missing profile raises the foreign
+/// key violation, race-free against a concurrent delete.
+pub fn replace_document(kind: DocumentKind) -> &'static str {
+    match kind {
+        DocumentKind::Settings => replace_document!("settings"),
+        DocumentKind::Preferences => replace_document!("preferences"),
+    }
+}
+
+/// $1 id.
+pub fn delete_document(kind: DocumentKind) -> &'static str {
+    match kind {
+        DocumentKind::Settings => delete_document!("settings"),
+        DocumentKind::Preferences => delete_document!("preferences"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_statements_name_their_table() {
+        for kind in [DocumentKind::Settings, DocumentKind::Preferences] {
+            let table = kind.as_str();
+            assert!(fetch_document(kind).contains(&format!("JOIN {table} d")));
+            assert!(replace_document(kind).starts_with(&format!("INSERT INTO {table} ")));
+            assert!(delete_document(kind).starts_with(&format!("DELETE FROM {table} ")));
+        }
+    }
+}
