@@ -152,8 +152,8 @@ cargo clippy --all-targets -- -D warnings
 # Ignored tests show as "skipped" in the summary; say which and how to run them.
 ignored=$(awk '/^[[:space:]]*#\[ignore/ { ig = 1; next }
   ig && match($0, /fn [A-Za-z0-9_]+/) {
-    f = FILENAME; sub(/^tests\//, "", f); sub(/\.rs$/, "", f)
-    printf "%s%s::%s", sep, f, substr($0, RSTART + 3, RLENGTH - 3); sep = ", "; ig = 0 }' tests/*.rs)
+    f = FILENAME; sub(/^tests\/it\//, "", f); sub(/\.rs$/, "", f)
+    printf "%s%s::%s", sep, f, substr($0, RSTART + 3, RLENGTH - 3); sep = ", "; ig = 0 }' tests/it/*.rs)
 
 if cargo nextest --version >/dev/null 2>&1; then
   # nextest does not run doctests; run them first, when there are any (so the run still
