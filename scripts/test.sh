@@ -153,8 +153,8 @@ cargo clippy --all-targets -- -D warnings
 # Ignored tests show as "skipped" in the summary; say which and how to run them.
 ignored=$(awk '/^[[:space:]]*#\[ignore/ { ig = 1; next }
   ig && match($0, /fn [A-Za-z0-9_]+/) {
-    f = FILENAME; sub(/^tests\//, "", f); sub(/\.rs$/, "", f)
-    printf "%s%s::%s", sep, f, substr($0, RSTART + 3, RLENGTH - 3); sep = ", "; ig = 0 }' tests/*.rs)
+    f = FILENAME; sub(/^tests\/it\//, "", f); sub(/\.rs$/, "", f)
+    printf "%s%s::%s", sep, f, substr($0, RSTART + 3, RLENGTH - 3); sep = ", "; ig = 0 }' tests/it/*.rs)
 
 # Property-based API tests against /openapi.json of a running instance (its own database;
 # about a minute). Before the test suite, so the run closes on the test runner's summary.

@@ -34,7 +34,12 @@ impl ProfileService {
         self.retire_applied().await?;
         let mut applied = 0;
         for _ in 0..DRAIN_ROUNDS {
-            let rows = self.repo.pending_invalidations(DRAIN_BATCH).await?;
+            let all = self.repo.pending_invalidations(DRAIN_BATCH).await?;
+            let fetched = all.len();
+            let rows: Vec<_> = {
+                let owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+                all.into_iter().filter(|r| !owned.contains(&r.id)).collect()
+            };
             if !rows.is_empty() {
                 let users: Vec<UserId> =
                     dedupe(&rows.iter().map(|r| r.user_id).collect::<Vec<_>>());
@@ -45,7 +50,7 @@ impl ProfileService {
                 self.repo.clear_invalidations(&ids).await?;
                 applied += rows.len();
             }
-            if rows.len() < DRAIN_BATCH as usize {
+            if fetched < DRAIN_BATCH as usize {
                 self.cache.mark_clean(generation);
                 return Ok(applied);
             }
@@ -62,6 +67,20 @@ impl ProfileService {
         list.extend_from_slice(outbox_ids);
     }
 
+    /// Notes rows this instance's writers are applying now: the drainer skips them.
+    pub(super) fn own(&self, outbox_ids: &[i64]) {
+        let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        owned.extend(outbox_ids.iter().copied());
+    }
+
+    /// Hands rows whose invalidation failed to the drainer.
+    pub(super) fn disown(&self, outbox_ids: &[i64]) {
+        let mut owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
+        for id in outbox_ids {
+            owned.remove(id);
+        }
+    }
+
     /// Deletes the rows noted by [`Self::applied`] (kept for the next pass on failure).
     async fn retire_applied(&self) -> Result<(), DbError> {
         let ids = std::mem::take(&mut *self.retired.lock().unwrap_or_else(|p| p.into_inner()));
@@ -73,6 +92,7 @@ impl ProfileService {
                 self.applied(chunk);
                 return Err(e);
             }
+            self.disown(chunk);
         }
         Ok(())
     }

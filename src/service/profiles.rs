@@ -45,6 +45,10 @@ pub struct ProfileService {
     background: Arc<Semaphore>,
     /// Outbox rows whose invalidation was applied on the write's path, to delete.
     pub(super) retired: Arc<Mutex<Vec<i64>>>,
+    /// Outbox rows this instance's writers are applying or have applied (until deleted):
+    /// the drainer leaves them alone, so it never invalidates again an entry that a
+    /// reader filled after the write.
+    pub(super) owned: Arc<Mutex<HashSet<i64>>>,
 }
 
 impl ProfileService {
@@ -57,6 +61,7 @@ impl ProfileService {
             flights: Arc::new(ReadFlights::new()),
             background: Arc::new(Semaphore::new(background_connections.max(1) as usize)),
             retired: Arc::new(Mutex::new(Vec::new())),
+            owned: Arc::new(Mutex::new(HashSet::new())),
         }
     }
 
@@ -175,6 +180,7 @@ impl ProfileService {
         if written.users.is_empty() {
             return Ok(0);
         }
+        self.own(&written.outbox_ids);
         match self
             .cache
             .invalidate_many(&written.users, InvalidationScope::Profile)
@@ -183,6 +189,7 @@ impl ProfileService {
             Ok(()) => self.applied(&written.outbox_ids),
             Err(e) => {
                 self.cache.mark_dirty();
+                self.disown(&written.outbox_ids);
                 tracing::warn!(error = %e, "cache invalidation of login records failed; kept in the outbox, reading the database until it is applied");
             }
         }
@@ -193,16 +200,17 @@ impl ProfileService {
     /// invalidation fails the row stays for the drainer and this instance stops reading the
     /// cache until it is applied, before the write is acknowledged.
     async fn after_write<T>(&self, w: Written<T>, id: UserId, scope: InvalidationScope) -> T {
+        self.own(&[w.outbox_id]);
         match self.cache.invalidate(id, scope).await {
             Ok(()) => {
                 // Deleting the row is bookkeeping, not part of the write's promise: the next
                 // drain pass deletes every applied row in one statement, off the response
-                // path. (Should the drainer meet the row first, it applies it again:
-                // harmless, an invalidation only costs a miss.)
+                // path; meanwhile the drainer leaves the row alone.
                 self.applied(&[w.outbox_id]);
             }
             Err(e) => {
                 self.cache.mark_dirty();
+                self.disown(&[w.outbox_id]);
                 tracing::warn!(error = %e, "cache invalidation failed; kept in the outbox, reading the database until it is applied");
             }
         }

@@ -1,31 +1,18 @@
 //! The behavioural suite of the HTTP contract (SPEC 3 and 6), run on PostgreSQL and SQLite.
 
-mod common;
+use rstest::rstest;
 
-use common::{Backend, TestApp, json_of, token};
+use crate::helpers::{Backend, Role, TestApp, json_of, token};
 use reqwest::Method;
 use serde_json::{Value, json};
 use user_api::domain::UserId;
 
-on_both_backends!(
-    crud_round_trip,
-    me_and_location,
-    owner_or_admin_only,
-    partial_update_semantics,
-    email_conflicts,
-    documents,
-    compat_routes,
-    batch_reads,
-    input_limits,
-    verbatim_text,
-    malformed_and_wrong_content_type,
-    unknown_routes_and_methods_are_json,
-);
-
-async fn crud_round_trip(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crud_round_trip(#[values(Backend::Postgres, Backend::Sqlite)] backend: Backend) {
+    let app = TestApp::builder().with_backend(backend).spawn().await;
     let id = UserId::random();
-    let t = token(id, false);
+    let t = token(id, Role::User);
     let created = app
         .create_profile(
             id,
@@ -74,10 +61,12 @@ async fn crud_round_trip(backend: Backend) {
     assert_eq!(s, 404);
 }
 
-async fn me_and_location(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn me_and_location(#[values(Backend::Postgres, Backend::Sqlite)] backend: Backend) {
+    let app = TestApp::builder().with_backend(backend).spawn().await;
     let id = UserId::random();
-    let t = token(id, false);
+    let t = token(id, Role::User);
     let (s, _) = json_of(app.get("/api/profiles/me", &t).await).await;
     assert_eq!(s, 404);
     let res = app
@@ -99,12 +88,14 @@ async fn me_and_location(backend: Backend) {
     assert_eq!(s, 409);
 }
 
-async fn owner_or_admin_only(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owner_or_admin_only(#[values(Backend::Postgres, Backend::Sqlite)] backend: Backend) {
+    let app = TestApp::builder().with_backend(backend).spawn().await;
     let (alice, bob, admin) = (UserId::random(), UserId::random(), UserId::random());
     app.create_profile(alice, json!({"name": "alice"})).await;
-    let tb = token(bob, false);
-    let ta = token(admin, true);
+    let tb = token(bob, Role::User);
+    let ta = token(admin, Role::Admin);
     let path = format!("/api/profiles/{alice}");
     assert_eq!(app.get(&path, &tb).await.status(), 403);
     assert_eq!(
@@ -159,10 +150,12 @@ async fn owner_or_admin_only(backend: Backend) {
     assert_eq!(s, 403);
 }
 
-async fn partial_update_semantics(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_update_semantics(#[values(Backend::Postgres, Backend::Sqlite)] backend: Backend) {
+    let app = TestApp::builder().with_backend(backend).spawn().await;
     let id = UserId::random();
-    let t = token(id, false);
+    let t = token(id, Role::User);
     let before = app
         .create_profile(
             id,
@@ -186,7 +179,7 @@ async fn partial_update_semantics(backend: Backend) {
         app.send_json(
             Method::PUT,
             &format!("/api/profiles/{}", UserId::random()),
-            &token(UserId::random(), true),
+            &token(UserId::random(), Role::Admin),
             &json!({"name": "x"}),
         )
         .await,
@@ -204,8 +197,10 @@ async fn partial_update_semantics(backend: Backend) {
     }
 }
 
-async fn email_conflicts(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_conflicts(#[values(Backend::Postgres, Backend::Sqlite)] backend: Backend) {
+    let app = TestApp::builder().with_backend(backend).spawn().await;
     let (a, b) = (UserId::random(), UserId::random());
     app.create_profile(a, json!({"email": "same@example.com"}))
         .await;
@@ -213,7 +208,7 @@ async fn email_conflicts(backend: Backend) {
         app.send_json(
             Method::POST,
             "/api/profiles",
-            &token(b, false),
+            &token(b, Role::User),
             &json!({"email": "SAME@example.com"}),
         )
         .await,
@@ -226,7 +221,7 @@ async fn email_conflicts(backend: Backend) {
         app.send_json(
             Method::PUT,
             &format!("/api/profiles/{b}"),
-            &token(b, false),
+            &token(b, Role::User),
             &json!({"email": "same@example.com"}),
         )
         .await,
@@ -238,7 +233,7 @@ async fn email_conflicts(backend: Backend) {
         app.send_json(
             Method::PUT,
             &format!("/api/profiles/{a}"),
-            &token(a, false),
+            &token(a, Role::User),
             &json!({"email": null}),
         )
         .await,
@@ -249,7 +244,7 @@ async fn email_conflicts(backend: Backend) {
         app.send_json(
             Method::PUT,
             &format!("/api/profiles/{b}"),
-            &token(b, false),
+            &token(b, Role::User),
             &json!({"email": "same@example.com"}),
         )
         .await,
@@ -258,10 +253,12 @@ async fn email_conflicts(backend: Backend) {
     assert_eq!(s, 200);
 }
 
-async fn documents(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents(#[values(Backend::Postgres, Backend::Sqlite)] backend: Backend) {
+    let app = TestApp::builder().with_backend(backend).spawn().await;
     let id = UserId::random();
-    let t = token(id, false);
+    let t = token(id, Role::User);
     for kind in ["settings", "preferences"] {
         let path = format!("/api/profiles/{id}/{kind}");
         let (s, _) = json_of(app.get(&path, &t).await).await;
@@ -318,10 +315,12 @@ async fn documents(backend: Backend) {
     assert_eq!(body["settings"], json!({}));
 }
 
-async fn compat_routes(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compat_routes(#[values(Backend::Postgres, Backend::Sqlite)] backend: Backend) {
+    let app = TestApp::builder().with_backend(backend).spawn().await;
     let id = UserId::random();
-    let t = token(id, false);
+    let t = token(id, Role::User);
     let (s, _) = json_of(
         app.send_json(Method::PUT, "/profile", &t, &json!({"name": "x"}))
             .await,
@@ -355,7 +354,7 @@ async fn compat_routes(backend: Backend) {
         app.send_json(
             Method::POST,
             "/profile",
-            &token(other, false),
+            &token(other, Role::User),
             &json!({"name": "new"}),
         )
         .await,
@@ -377,9 +376,11 @@ async fn compat_routes(backend: Backend) {
     assert_eq!(app.get_anonymous("/profile").await.status(), 401);
 }
 
-async fn batch_reads(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
-    let admin = token(UserId::random(), true);
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_reads(#[values(Backend::Postgres, Backend::Sqlite)] backend: Backend) {
+    let app = TestApp::builder().with_backend(backend).spawn().await;
+    let admin = token(UserId::random(), Role::Admin);
     let ids: Vec<UserId> = (0..5).map(|_| UserId::random()).collect();
     for (i, id) in ids.iter().enumerate() {
         app.create_profile(*id, json!({"name": format!("u{i}")}))
@@ -453,10 +454,12 @@ async fn batch_reads(backend: Backend) {
     assert_eq!((s, out["count"].as_u64()), (200, Some(0)));
 }
 
-async fn input_limits(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_limits(#[values(Backend::Postgres, Backend::Sqlite)] backend: Backend) {
+    let app = TestApp::builder().with_backend(backend).spawn().await;
     let id = UserId::random();
-    let t = token(id, false);
+    let t = token(id, Role::User);
     app.create_profile(id, json!({})).await;
     let path = format!("/api/profiles/{id}");
     // Body over 64 KiB: 413.
@@ -504,7 +507,7 @@ async fn input_limits(backend: Backend) {
             app.send_json(
                 Method::POST,
                 "/api/profiles",
-                &token(UserId::random(), false),
+                &token(UserId::random(), Role::User),
                 &body,
             )
             .await,
@@ -521,10 +524,12 @@ async fn input_limits(backend: Backend) {
     assert_eq!(b["profile"]["email"], Value::Null);
 }
 
-async fn verbatim_text(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verbatim_text(#[values(Backend::Postgres, Backend::Sqlite)] backend: Backend) {
+    let app = TestApp::builder().with_backend(backend).spawn().await;
     let id = UserId::random();
-    let t = token(id, false);
+    let t = token(id, Role::User);
     let texts = json!({
         "first_name": "Robert'); DROP TABLE profiles;--",
         "last_name": "\"quoted\" \\ backslash",
@@ -540,10 +545,14 @@ async fn verbatim_text(backend: Backend) {
     }
 }
 
-async fn malformed_and_wrong_content_type(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_wrong_content_type(
+    #[values(Backend::Postgres, Backend::Sqlite)] backend: Backend,
+) {
+    let app = TestApp::builder().with_backend(backend).spawn().await;
     let id = UserId::random();
-    let t = token(id, false);
+    let t = token(id, Role::User);
     app.create_profile(id, json!({})).await;
     let path = format!("/api/profiles/{id}");
     for raw in [
@@ -600,8 +609,12 @@ async fn malformed_and_wrong_content_type(backend: Backend) {
     assert!(s == 400 || s == 422, "{s}");
 }
 
-async fn unknown_routes_and_methods_are_json(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_routes_and_methods_are_json(
+    #[values(Backend::Postgres, Backend::Sqlite)] backend: Backend,
+) {
+    let app = TestApp::builder().with_backend(backend).spawn().await;
     let (s, b) = json_of(app.get_anonymous("/nope").await).await;
     assert_eq!(s, 404);
     assert!(b["detail"].is_string());

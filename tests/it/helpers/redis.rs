@@ -26,14 +26,22 @@ fn bindable(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// A port that was free a moment ago; with `bus`, port + 10000 is free too (cluster bus).
-pub fn free_port(bus: bool) -> u16 {
+/// What a `redis-server` is started as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Node {
+    Standalone,
+    /// A cluster node: its cluster bus listens on port + 10000.
+    InCluster,
+}
+
+/// A port that was free a moment ago (for a cluster node, port + 10000 too).
+pub fn free_port(node: Node) -> u16 {
     for _ in 0..200 {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
-        if !bus || (port < 55_000 && bindable(port + 10_000)) {
+        if node == Node::Standalone || (port < 55_000 && bindable(port + 10_000)) {
             return port;
         }
     }
@@ -45,7 +53,7 @@ pub struct RedisServer {
     child: Option<Child>,
     /// The client port.
     pub port: u16,
-    cluster: bool,
+    node: Node,
     dir: PathBuf,
     extra: Vec<String>,
 }
@@ -53,15 +61,15 @@ pub struct RedisServer {
 impl RedisServer {
     /// A standalone node, answering PING when this returns.
     pub async fn start() -> Self {
-        Self::start_with(false, &[]).await
+        Self::start_with(Node::Standalone, &[]).await
     }
 
     /// A standalone node with extra `redis-server` arguments (e.g. `--requirepass`).
     pub async fn start_args(extra: &[&str]) -> Self {
-        Self::start_with(false, extra).await
+        Self::start_with(Node::Standalone, extra).await
     }
 
-    async fn start_with(cluster: bool, extra: &[&str]) -> Self {
+    async fn start_with(node: Node, extra: &[&str]) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "user-api-cache-redis-{}",
             uuid::Uuid::new_v4().simple()
@@ -69,8 +77,8 @@ impl RedisServer {
         std::fs::create_dir_all(&dir).expect("redis dir");
         let mut server = Self {
             child: None,
-            port: free_port(cluster),
-            cluster,
+            port: free_port(node),
+            node,
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
@@ -94,7 +102,7 @@ impl RedisServer {
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if self.cluster {
+        if self.node == Node::InCluster {
             cmd.args(["--cluster-enabled", "yes", "--cluster-config-file"])
                 .arg(self.dir.join("nodes.conf"))
                 .args(["--cluster-node-timeout", "5000"]);
@@ -203,11 +211,6 @@ pub async fn connect(url: &str) -> ::redis::aio::MultiplexedConnection {
         .expect("test connection to redis")
 }
 
-/// Calls of `cmd` between two `commandstats` snapshots.
-pub fn delta(before: &HashMap<String, u64>, after: &HashMap<String, u64>, cmd: &str) -> u64 {
-    after.get(cmd).copied().unwrap_or(0) - before.get(cmd).copied().unwrap_or(0)
-}
-
 /// A Redis Cluster of three masters (no replicas).
 pub struct RedisCluster {
     /// The nodes.
@@ -220,7 +223,7 @@ impl RedisCluster {
     pub async fn start() -> Self {
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            nodes.push(RedisServer::start_with(true, &[]).await);
+            nodes.push(RedisServer::start_with(Node::InCluster, &[]).await);
         }
         let addrs: Vec<String> = nodes
             .iter()
@@ -297,11 +300,9 @@ impl RedisCluster {
 
 // ---- Cache-suite support ------------------------------------------------------------
 
-use serde_json::{Value, json};
 use user_api::config::Config;
-use user_api::domain::UserId;
 
-use super::{Backend, TestApp};
+use super::TestApp;
 
 /// Which store a cache test runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -332,18 +333,6 @@ impl Target {
             StoreKind::Own => Self::Own(RedisServer::start().await),
             StoreKind::Cluster => Self::Cluster(RedisCluster::start().await),
             StoreKind::Memory => Self::Memory,
-        }
-    }
-
-    /// Points `c` at this store.
-    pub fn apply(&self, c: &mut Config) {
-        c.redis_url = None;
-        c.redis_cluster_urls = Vec::new();
-        match self {
-            Self::Shared(url) => c.redis_url = Some(url.clone()),
-            Self::Own(s) => c.redis_url = Some(s.url()),
-            Self::Cluster(cl) => c.redis_cluster_urls = cl.urls(),
-            Self::Memory => {}
         }
     }
 
@@ -382,81 +371,6 @@ impl Target {
     }
 }
 
-/// Rate limits far above anything a cache test sends (the limiter is not under test here).
-pub fn quiet_limits(c: &mut Config) {
-    let rl = &mut c.rate_limits;
-    rl.profiles_read = 1_000_000;
-    rl.profiles_update = 1_000_000;
-    rl.profiles_batch = 1_000_000;
-    rl.default = 1_000_000;
-    rl.per_address = 1_000_000;
-}
-
-/// A cache-test configuration on `backend` and `target`.
-pub async fn cache_config(backend: Backend, target: &Target) -> Config {
-    let mut c = super::test_config(backend).await;
-    target.apply(&mut c);
-    quiet_limits(&mut c);
-    // Generous: these tests run many processes at once on two cores, and a 50 ms timeout
-    // missed under that load would turn an expected hit into a miss. The outage tests
-    // set it back to the production default.
-    c.redis.timeout_ms = 1000;
-    c
-}
-
-/// Starts the app and waits until its Redis connection (if any) is up, so the first
-/// cache calls of a test do not race the lazy connect.
-pub async fn spawn_ready(config: Config) -> TestApp {
-    let app = TestApp::spawn_with(config).await;
-    if let Some(r) = app.state.redis.clone() {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !r.is_connected() {
-            assert!(Instant::now() < deadline, "app did not connect to redis");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    app
-}
-
-/// A token without `iat`: the login recorder (which invalidates the profile in the
-/// background once an hour) stays out of tests that count hits and commands.
-pub fn tok(sub: UserId, admin: bool) -> String {
-    let now = chrono::Utc::now().timestamp();
-    super::sign(&json!({
-        "sub": sub.to_string(),
-        "role": if admin { "admin" } else { "user" },
-        "exp": now + 3600,
-        "token_type": "access",
-    }))
-}
-
-/// An admin token (a random admin with no profile).
-pub fn admin() -> String {
-    tok(UserId::random(), true)
-}
-
-/// Creates a profile as its owner (iat-less token); returns the created profile.
-pub async fn create(app: &TestApp, id: UserId, fields: Value) -> Value {
-    let mut body = fields;
-    body["user_id"] = json!(id.to_string());
-    app.create_profile_as(&tok(id, false), &body).await
-}
-
-/// `method path` with `body` as an admin: (status, body).
-pub async fn as_admin(
-    app: &TestApp,
-    method: reqwest::Method,
-    path: &str,
-    body: &Value,
-) -> (u16, Value) {
-    super::json_of(app.send_json(method, path, &admin(), body).await).await
-}
-
-/// `GET /api/profiles/{id}` as an admin: (status, body).
-pub async fn read(app: &TestApp, id: UserId) -> (u16, Value) {
-    super::json_of(app.get(&format!("/api/profiles/{id}"), &admin()).await).await
-}
-
 /// The raw value of a cache key, read through the app's own store.
 pub async fn raw(app: &TestApp, key: &str) -> Option<String> {
     app.state.cache.store().get(key).await.expect("store get")
@@ -491,35 +405,6 @@ pub async fn is_invalidated(app: &TestApp, key: &str) -> bool {
 /// True when a tombstone stands beside `key` and the entry key itself is absent.
 pub async fn is_tombstoned(app: &TestApp, key: &str) -> bool {
     raw(app, key).await.is_none() && raw(app, &missing_key(key)).await.is_some()
-}
-
-/// A counter of the Prometheus exposition, e.g. `db_queries_total{op="fetch"}`.
-pub async fn prom_counter(app: &TestApp, series: &str) -> u64 {
-    app.metrics()
-        .await
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.trim().parse::<f64>().ok())
-        })
-        .map(|v| v as u64)
-        .unwrap_or(0)
-}
-
-/// Polls `check` until it returns true or `within` passes.
-pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 /// Every cache-related command (`cache:*`, `{cache:*}:*` and `metrics:cache:*` keys) clients sent since
@@ -615,8 +500,19 @@ impl DelayProxy {
         Self { port, task }
     }
 
+    /// A proxy with `delay` each way in front of the Redis node `config` uses, and a copy of
+    /// `config` that reaches it through the proxy (another instance of the same service,
+    /// with its Redis far away).
+    pub async fn in_front_of(config: &Config, delay: Duration) -> (Self, Config) {
+        let url = config.redis_url.as_deref().expect("a single Redis node");
+        let proxy = Self::start(host_port(url), delay).await;
+        let mut far = config.clone();
+        far.redis_url = Some(proxy.url_for(url));
+        (proxy, far)
+    }
+
     /// `url` with its host and port replaced by this proxy's.
-    pub fn url_for(&self, url: &str) -> String {
+    fn url_for(&self, url: &str) -> String {
         let (scheme, rest) = url.split_once("://").expect("scheme");
         let (auth, hostpath) = match rest.rsplit_once('@') {
             Some((a, h)) => (format!("{a}@"), h),
@@ -634,7 +530,7 @@ impl Drop for DelayProxy {
 }
 
 /// `host:port` of a redis URL.
-pub fn host_port(url: &str) -> String {
+fn host_port(url: &str) -> String {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
     let hostpath = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);
     let hp = hostpath.split('/').next().unwrap_or(hostpath);

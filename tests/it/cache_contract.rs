@@ -5,18 +5,15 @@
 //! prewarm counts what it stored; the eviction policy is reported; bodies that must be
 //! objects refuse every other JSON shape.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use rstest::rstest;
+
+use crate::helpers::redis::{DelayProxy, RedisServer, StoreKind, Target};
+use crate::helpers::{Backend, Role, TestApp, json_of, token};
 use ::redis::AsyncCommands;
-use common::redis::{
-    DelayProxy, RedisServer, StoreKind, Target, as_admin, cache_config, create, host_port, read,
-    spawn_ready, tok,
-};
-use common::{Backend, TestApp, json_of};
 use reqwest::Method;
 use serde_json::{Value, json};
 use user_api::domain::UserId;
@@ -46,7 +43,7 @@ impl PlainClient {
     async fn new(target: &Target) -> Self {
         match target {
             Target::Cluster(cl) => Self::Cluster(cl.conn().await),
-            other => Self::Single(common::redis::connect(&other.node_urls()[0]).await),
+            other => Self::Single(crate::helpers::redis::connect(&other.node_urls()[0]).await),
         }
     }
 
@@ -88,15 +85,22 @@ fn entry_problem(key: &str, value: &str) -> Option<String> {
     None
 }
 
-async fn two_instances_keep_every_key_whole(kind: StoreKind) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_cache_key_holds_a_whole_entry(
+    #[values(StoreKind::Shared, StoreKind::Cluster)] kind: StoreKind,
+) {
     let target = Target::new(kind).await;
-    let config = cache_config(Backend::Postgres, &target).await;
-    let a = Arc::new(spawn_ready(config.clone()).await);
-    let b = Arc::new(spawn_ready(config).await);
+    let config = TestApp::builder()
+        .with_backend(Backend::Postgres)
+        .with_store(&target)
+        .config()
+        .await;
+    let a = Arc::new(TestApp::spawn_with(config.clone()).await);
+    let b = Arc::new(TestApp::spawn_with(config).await);
     let ids: Vec<UserId> = (0..4).map(|_| UserId::random()).collect();
     for id in &ids {
-        create(
-            &a,
+        a.create_profile(
             *id,
             json!({"name": "start", "email": format!("{id}@example.com")}),
         )
@@ -113,7 +117,7 @@ async fn two_instances_keep_every_key_whole(kind: StoreKind) {
             while !done.load(Ordering::SeqCst) {
                 i += 1;
                 let id = ids[(i as usize + n) % ids.len()];
-                let owner = tok(id, false);
+                let owner = token(id, Role::User);
                 let base = format!("/api/profiles/{id}");
                 let (path, body) = match i % 4 {
                     0 => (base.clone(), json!({"first_name": format!("w{n}-{i}")})),
@@ -125,7 +129,7 @@ async fn two_instances_keep_every_key_whole(kind: StoreKind) {
                     _ => {
                         if i % 20 == 3 {
                             app.delete(&base, &owner).await;
-                            create(&app, id, json!({"name": "again"})).await;
+                            app.create_profile(id, json!({"name": "again"})).await;
                         }
                         continue;
                     }
@@ -146,7 +150,7 @@ async fn two_instances_keep_every_key_whole(kind: StoreKind) {
         let (ids, done) = (ids.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             let mut i = 0usize;
-            let admin = tok(UserId::random(), true);
+            let admin = token(UserId::random(), Role::Admin);
             while !done.load(Ordering::SeqCst) {
                 i += 1;
                 let id = ids[i % ids.len()];
@@ -156,7 +160,8 @@ async fn two_instances_keep_every_key_whole(kind: StoreKind) {
                     2 => format!("/api/profiles/{id}/preferences"),
                     _ => {
                         let body = json!(ids.iter().map(|i| i.to_string()).collect::<Vec<_>>());
-                        as_admin(&app, Method::POST, "/api/profiles/batch", &body).await;
+                        app.as_admin(Method::POST, "/api/profiles/batch", &body)
+                            .await;
                         continue;
                     }
                 };
@@ -205,16 +210,6 @@ async fn two_instances_keep_every_key_whole(kind: StoreKind) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_cache_key_holds_a_whole_entry_shared_redis() {
-    two_instances_keep_every_key_whole(StoreKind::Shared).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn every_cache_key_holds_a_whole_entry_cluster() {
-    two_instances_keep_every_key_whole(StoreKind::Cluster).await
-}
-
 /// GET (a miss that fills), write, an operator's `DEL` of the entry, GET: the last read
 /// shows the write, every time. `reader` may reach Redis through a delaying proxy.
 async fn del_after_write_never_brings_back_old_data(
@@ -224,8 +219,10 @@ async fn del_after_write_never_brings_back_old_data(
 ) {
     let mut client = PlainClient::new(target).await;
     let id = UserId::random();
-    create(writer, id, json!({"first_name": "Start"})).await;
-    let owner = tok(id, false);
+    writer
+        .create_profile(id, json!({"first_name": "Start"}))
+        .await;
+    let owner = token(id, Role::User);
     let profile = format!("/api/profiles/{id}");
     let settings = format!("{profile}/settings");
     for i in 0..25 {
@@ -258,41 +255,46 @@ async fn del_after_write_never_brings_back_old_data(
     }
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operator_del_after_a_write_shared_redis() {
-    let target = Target::new(StoreKind::Shared).await;
-    let app = spawn_ready(cache_config(Backend::Postgres, &target).await).await;
+async fn operator_del_after_a_write(
+    #[values(StoreKind::Shared, StoreKind::Cluster)] kind: StoreKind,
+) {
+    let target = Target::new(kind).await;
+    let app = TestApp::builder()
+        .with_backend(Backend::Postgres)
+        .with_store(&target)
+        .spawn()
+        .await;
     del_after_write_never_brings_back_old_data(&target, &app, &app).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_del_after_a_write_through_a_delaying_proxy() {
     let target = Target::new(StoreKind::Shared).await;
-    let config = cache_config(Backend::Postgres, &target).await;
-    let url = config.redis_url.clone().expect("a redis url");
-    let proxy = DelayProxy::start(host_port(&url), Duration::from_millis(15)).await;
-    let mut far = config.clone();
-    far.redis_url = Some(proxy.url_for(&url));
-    let reader = spawn_ready(far).await;
-    let writer = spawn_ready(config).await;
+    let config = TestApp::builder()
+        .with_backend(Backend::Postgres)
+        .with_store(&target)
+        .config()
+        .await;
+    let (_proxy, far) = DelayProxy::in_front_of(&config, Duration::from_millis(15)).await;
+    let reader = TestApp::spawn_with(far).await;
+    let writer = TestApp::spawn_with(config).await;
     del_after_write_never_brings_back_old_data(&target, &reader, &writer).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operator_del_after_a_write_cluster() {
-    let target = Target::new(StoreKind::Cluster).await;
-    let app = spawn_ready(cache_config(Backend::Postgres, &target).await).await;
-    del_after_write_never_brings_back_old_data(&target, &app, &app).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prewarm_counts_entries_stored_right_after_writes() {
     for kind in [StoreKind::Shared, StoreKind::Memory] {
         let target = Target::new(kind).await;
-        let app = spawn_ready(cache_config(Backend::Postgres, &target).await).await;
+        let app = TestApp::builder()
+            .with_backend(Backend::Postgres)
+            .with_store(&target)
+            .spawn()
+            .await;
         let ids: Vec<UserId> = (0..3).map(|_| UserId::random()).collect();
         for id in &ids {
-            create(&app, *id, json!({"name": "warm"})).await;
+            app.create_profile(*id, json!({"name": "warm"})).await;
             // A recent login makes it eligible; the write invalidates its entry just now.
             app.state
                 .profiles
@@ -300,16 +302,20 @@ async fn prewarm_counts_entries_stored_right_after_writes() {
                 .await
                 .unwrap();
         }
-        let (s, body) = as_admin(&app, Method::POST, "/api/admin/cache/prewarm", &json!({})).await;
+        let (s, body) = app
+            .as_admin(Method::POST, "/api/admin/cache/prewarm", &json!({}))
+            .await;
         assert_eq!((s, body), (200, json!({"prewarmed": 3})), "{kind:?}");
         for id in &ids {
             assert_eq!(
-                read(&app, *id).await.1["cached"],
+                app.read_profile(*id).await.1["cached"],
                 true,
                 "{kind:?}: {id} prewarmed"
             );
         }
-        let (_, body) = as_admin(&app, Method::POST, "/api/admin/cache/prewarm", &json!({})).await;
+        let (_, body) = app
+            .as_admin(Method::POST, "/api/admin/cache/prewarm", &json!({}))
+            .await;
         assert_eq!(
             body,
             json!({"prewarmed": 0}),
@@ -325,10 +331,8 @@ async fn ready_reports_an_eviction_policy_that_can_lose_write_states() {
         ("volatile-ttl", true),
         ("noeviction", false),
     ] {
-        let server = RedisServer::start_args(&["--maxmemory-policy", policy]).await;
-        let mut c = common::test_config(Backend::Sqlite).await;
-        c.redis_url = Some(server.url());
-        let app = spawn_ready(c).await;
+        let target = Target::Own(RedisServer::start_args(&["--maxmemory-policy", policy]).await);
+        let app = TestApp::builder().with_store(&target).spawn().await;
         let (s, body) = json_of(app.get_anonymous("/ready").await).await;
         assert_eq!(s, 200, "{body}");
         assert_eq!(body["redis_eviction_policy"], policy, "{body}");
@@ -346,15 +350,11 @@ async fn ready_reports_an_eviction_policy_that_can_lose_write_states() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_that_are_not_objects_are_refused_and_change_nothing() {
     for backend in [Backend::Postgres, Backend::Sqlite] {
-        let app = TestApp::spawn(backend).await;
+        let app = TestApp::builder().with_backend(backend).spawn().await;
         let id = UserId::random();
-        let owner = tok(id, false);
-        create(
-            &app,
-            id,
-            json!({"first_name": "Alice", "last_name": "Liddell"}),
-        )
-        .await;
+        let owner = token(id, Role::User);
+        app.create_profile(id, json!({"first_name": "Alice", "last_name": "Liddell"}))
+            .await;
         let profile = format!("/api/profiles/{id}");
         for (path, body) in [
             (format!("{profile}/settings"), json!({"theme": "dark"})),

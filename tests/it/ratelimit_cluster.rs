@@ -1,13 +1,11 @@
 //! Rate limits on a test-owned 3-master Redis Cluster: exact across instances, every
 //! counter with a TTL, and the hot path's script and cache look (one MGET) sent together.
 
-mod common;
-
 use std::time::Instant;
 
-use common::json_of;
-use common::ratelimit::{app_with_cached_profile, config_on, exact_across_three_instances};
-use common::redis::{StoreKind, Target};
+use crate::helpers::ratelimit::{app_with_cached_profile, exact_across_three_instances};
+use crate::helpers::redis::{StoreKind, Target};
+use crate::helpers::{Limits, TestApp, json_of};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -21,7 +19,12 @@ async fn exact_across_three_instances_on_a_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_read_sends_one_script_and_one_mget_on_a_cluster() {
     let target = Target::new(StoreKind::Cluster).await;
-    let (app, path, t) = app_with_cached_profile(config_on(&target).await).await;
+    let (app, path, t) = app_with_cached_profile(
+        TestApp::builder()
+            .with_store(&target)
+            .with_limits(Limits::Production),
+    )
+    .await;
     let cluster = target.cluster();
     cluster.reset_stats();
     let (s, body) = json_of(app.get(&path, &t).await).await;

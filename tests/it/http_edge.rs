@@ -6,12 +6,10 @@
 //!
 //! The timeouts are configured short (about a second), so each test runs in seconds.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestApp, test_config, token};
+use crate::helpers::{Backend, Role, TestApp, token};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use user_api::config::Config;
@@ -21,7 +19,10 @@ const HEADER_TIMEOUT_MS: u64 = 1000;
 const IDLE_TIMEOUT_MS: u64 = 1500;
 
 async fn edge_config() -> Config {
-    let mut c = test_config(Backend::Sqlite).await;
+    let mut c = TestApp::builder()
+        .with_backend(Backend::Sqlite)
+        .config()
+        .await;
     c.server.header_read_timeout_ms = HEADER_TIMEOUT_MS;
     c.server.keep_alive_timeout_ms = IDLE_TIMEOUT_MS;
     c
@@ -305,7 +306,7 @@ async fn early_rejections_keep_the_connection_usable() {
     c.rate_limits.profiles_update = 2;
     let app = TestApp::spawn_with(c).await;
     let id = UserId::random();
-    let t = token(id, false);
+    let t = token(id, Role::User);
     // Write 1 of 2 in this window.
     app.create_profile(id, serde_json::json!({})).await;
     let body = br#"{"name": "early answer test"}"#;
@@ -344,7 +345,7 @@ async fn early_rejections_keep_the_connection_usable() {
     assert!(!r.closes());
     // 403 and 422 about the path id are decided before the body is read (the Subject
     // extractor runs before the body's): early too, and the connection stays usable.
-    let stranger = token(UserId::random(), false);
+    let stranger = token(UserId::random(), Role::User);
     let r = early_answer_then_reuse(
         &app,
         request(
@@ -393,7 +394,7 @@ async fn unread_bodies_that_cannot_be_drained_get_connection_close() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declared_huge_body_is_413_at_once() {
     let app = TestApp::spawn_with(edge_config().await).await;
-    let t = token(UserId::random(), false);
+    let t = token(UserId::random(), Role::User);
     for (path, auth) in [("/api/profiles", Some(t.as_str())), ("/api/profiles", None)] {
         let mut s = connect(&app).await;
         s.write_all(post(path, auth, "application/json", 100_000_000).as_bytes())
@@ -626,7 +627,7 @@ async fn graceful_shutdown_finishes_the_request_in_flight_and_closes_idle_ones()
         200
     );
     // A request whose body is still coming when shutdown starts.
-    let t = token(UserId::random(), false);
+    let t = token(UserId::random(), Role::User);
     let body = br#"{"name": "in flight"}"#;
     let mut busy = connect(&app).await;
     busy.write_all(post("/api/profiles", Some(&t), "application/json", body.len()).as_bytes())

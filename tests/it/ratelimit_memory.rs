@@ -1,21 +1,22 @@
 //! Rate limits without Redis: the in-process limiter has the same semantics for one
 //! instance (exact under concurrency, the same headers, windows and per-address rule).
 
-mod common;
-
 use std::time::Duration;
 
-use common::ratelimit::{
-    burst, config, header_u64, next_window, tally, window_room, within_one_window,
+use crate::helpers::ratelimit::{
+    burst, header_u64, next_window, tally, window_room, within_one_window,
 };
-use common::{TestApp, json_of, token};
+use crate::helpers::{Limits, Role, TestApp, json_of, token};
 use user_api::domain::UserId;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exact_under_concurrency_in_process() {
-    let app = TestApp::spawn_with(config().await).await;
+    let app = TestApp::builder()
+        .with_limits(Limits::Production)
+        .spawn()
+        .await;
     let id = UserId::random();
-    let t = token(id, false);
+    let t = token(id, Role::User);
     window_room(3600, Duration::from_secs(10)).await;
     let statuses = burst(std::slice::from_ref(&app), "/api/profiles/me", &t, 150).await;
     assert_eq!(tally(&statuses, 429), 50, "{statuses:?}");
@@ -26,12 +27,16 @@ async fn exact_under_concurrency_in_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_and_rollover_in_process() {
-    let mut c = config().await;
-    c.rate_limits.window_secs = 2;
-    c.rate_limits.profiles_read = 2;
-    let app = TestApp::spawn_with(c).await;
+    let app = TestApp::builder()
+        .with_limits(Limits::Production)
+        .with(|c| {
+            c.rate_limits.window_secs = 2;
+            c.rate_limits.profiles_read = 2;
+        })
+        .spawn()
+        .await;
     let (_, (t, seen)) = within_one_window(2, || async {
-        let t = token(UserId::random(), false);
+        let t = token(UserId::random(), Role::User);
         let mut seen = Vec::new();
         for _ in 0..3 {
             let res = app.get("/api/profiles/me", &t).await;
@@ -70,11 +75,13 @@ async fn headers_and_rollover_in_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_authentication_is_limited_per_address_in_process() {
-    let mut c = config().await;
-    c.rate_limits.per_address = 3;
-    let app = TestApp::spawn_with(c).await;
+    let app = TestApp::builder()
+        .with_limits(Limits::Production)
+        .with(|c| c.rate_limits.per_address = 3)
+        .spawn()
+        .await;
     window_room(3600, Duration::from_secs(10)).await;
-    let known = token(UserId::random(), false);
+    let known = token(UserId::random(), Role::User);
     assert_eq!(app.get("/api/profiles/me", &known).await.status(), 404);
     for n in 1..=3u64 {
         let res = app.get("/api/profiles/me", "bad.token.value").await;
@@ -92,7 +99,7 @@ async fn failed_authentication_is_limited_per_address_in_process() {
     let res = app.get_anonymous("/profile").await;
     assert_eq!(res.status(), 429, "no token at all counts too");
     // Blocked: a valid token never seen from here is refused before it is verified...
-    let fresh = token(UserId::random(), false);
+    let fresh = token(UserId::random(), Role::User);
     assert_eq!(app.get("/api/profiles/me", &fresh).await.status(), 429);
     // ... while the caller already verified from this address goes on.
     let res = app.get("/api/profiles/me", &known).await;

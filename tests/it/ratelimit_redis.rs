@@ -4,30 +4,28 @@
 //! so runs never collide; tests that inspect server-wide statistics or kill Redis own
 //! their `redis-server`.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::ratelimit::{
-    app_with_cached_profile, assert_ttls, config_on, counters, header, header_u64, next_window,
-    wait_connected, window_room, within_one_window,
+use crate::helpers::ratelimit::{
+    app_with_cached_profile, assert_ttls, counters, header, header_u64, next_window, window_room,
+    within_one_window,
 };
-use common::redis::{StoreKind, Target, connect};
-use common::{TestApp, json_of, token};
+use crate::helpers::redis::{StoreKind, Target, connect};
+use crate::helpers::{Limits, Role, TestApp, json_of, token};
 use redis::AsyncCommands;
 use reqwest::Method;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use user_api::config::{FailMode, RateLimitConfig};
+use user_api::config::FailMode;
 use user_api::domain::UserId;
 use user_api::ratelimit::Window;
 use user_api::ratelimit::window::now_ms;
 
 /// The shared Redis (`TEST_REDIS_URL`).
 fn shared() -> Target {
-    Target::Shared(common::redis_url())
+    Target::Shared(crate::helpers::redis_url())
 }
 
 /// Every `<prefix>*` counter of the shared Redis with its value.
@@ -41,19 +39,22 @@ async fn shared_counters(prefix: &str) -> Vec<(String, i64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn exact_across_three_instances() {
-    common::ratelimit::exact_across_three_instances(&shared()).await;
+    crate::helpers::ratelimit::exact_across_three_instances(&shared()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_agree_with_each_other_and_the_key() {
-    let mut config = config_on(&shared()).await;
-    config.rate_limits.profiles_read = 3;
-    let app = TestApp::spawn_with(config).await;
+    let app = TestApp::builder()
+        .with_store(&shared())
+        .with_limits(Limits::Production)
+        .with(|c| c.rate_limits.profiles_read = 3)
+        .spawn()
+        .await;
     let id = UserId::random();
-    let t = token(id, false);
+    let t = token(id, Role::User);
     app.create_profile(id, json!({})).await;
     window_room(3600, Duration::from_secs(10)).await;
-    let mut conn = connect(&common::redis_url()).await;
+    let mut conn = connect(&crate::helpers::redis_url()).await;
     let key = Window::current(3600).user_key(id, "/api/profiles");
 
     for n in 1..=3u64 {
@@ -111,7 +112,7 @@ async fn headers_agree_with_each_other_and_the_key() {
 
     // Error answers carry the headers too (403: another user's profile; 422: a bad id).
     let other = UserId::random();
-    let t2 = token(other, false);
+    let t2 = token(other, Role::User);
     let res = app.get(&format!("/api/profiles/{id}"), &t2).await;
     assert_eq!(res.status(), 403);
     assert_eq!(header_u64(&res, "x-ratelimit-remaining"), 2);
@@ -129,14 +130,18 @@ async fn headers_agree_with_each_other_and_the_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counter_without_ttl_is_repaired() {
-    let app = TestApp::spawn_with(config_on(&shared()).await).await;
+    let app = TestApp::builder()
+        .with_store(&shared())
+        .with_limits(Limits::Production)
+        .spawn()
+        .await;
     let id = UserId::random();
     window_room(3600, Duration::from_secs(10)).await;
     let key = Window::current(3600).user_key(id, "/api/profiles");
-    let mut conn = connect(&common::redis_url()).await;
+    let mut conn = connect(&crate::helpers::redis_url()).await;
     // As an older version (INCR, then a crash before EXPIRE) could have left it.
     let _: () = conn.set(&key, 5).await.unwrap();
-    let res = app.get("/api/profiles/me", &token(id, false)).await;
+    let res = app.get("/api/profiles/me", &token(id, Role::User)).await;
     assert_eq!(header_u64(&res, "x-ratelimit-remaining"), 94);
     let pttl: i64 = conn.pttl(&key).await.unwrap();
     assert!(pttl > 0, "PTTL {pttl}");
@@ -144,14 +149,19 @@ async fn a_counter_without_ttl_is_repaired() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_window_rolls_over() {
-    let mut config = config_on(&shared()).await;
-    config.rate_limits.window_secs = 2;
-    config.rate_limits.profiles_read = 3;
-    let app = TestApp::spawn_with(config).await;
+    let app = TestApp::builder()
+        .with_store(&shared())
+        .with_limits(Limits::Production)
+        .with(|c| {
+            c.rate_limits.window_secs = 2;
+            c.rate_limits.profiles_read = 3;
+        })
+        .spawn()
+        .await;
     let path = "/api/profiles/me";
     let (window, (id, t, statuses)) = within_one_window(2, || async {
         let id = UserId::random();
-        let t = token(id, false);
+        let t = token(id, Role::User);
         let mut statuses = Vec::new();
         for _ in 0..4 {
             let res = app.get(path, &t).await;
@@ -167,7 +177,7 @@ async fn short_window_rolls_over() {
     .await;
     assert_eq!(statuses, [404, 404, 404, 429]);
 
-    let mut conn = connect(&common::redis_url()).await;
+    let mut conn = connect(&crate::helpers::redis_url()).await;
     let key = window.user_key(id, "/api/profiles");
     assert_eq!(
         key.rsplit(':').next().unwrap().len(),
@@ -196,12 +206,15 @@ async fn put(app: &TestApp, t: &str, id: UserId) -> reqwest::Response {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_and_policies_are_isolated() {
-    let mut config = config_on(&shared()).await;
-    config.rate_limits.profiles_update = 2;
-    let app = TestApp::spawn_with(config).await;
+    let app = TestApp::builder()
+        .with_store(&shared())
+        .with_limits(Limits::Production)
+        .with(|c| c.rate_limits.profiles_update = 2)
+        .spawn()
+        .await;
     window_room(3600, Duration::from_secs(10)).await;
     let (a, b) = (UserId::random(), UserId::random());
-    let (ta, tb) = (token(a, false), token(b, false));
+    let (ta, tb) = (token(a, Role::User), token(b, Role::User));
 
     app.create_profile(a, json!({})).await; // update 1 of 2
     let res = put(&app, &ta, a).await;
@@ -269,10 +282,14 @@ async fn users_and_policies_are_isolated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admins_share_one_counter_per_policy_and_template() {
-    let app = TestApp::spawn_with(config_on(&shared()).await).await;
+    let app = TestApp::builder()
+        .with_store(&shared())
+        .with_limits(Limits::Production)
+        .spawn()
+        .await;
     window_room(3600, Duration::from_secs(10)).await;
     let admin = UserId::random();
-    let t = token(admin, true);
+    let t = token(admin, Role::Admin);
     for n in 1..=5u64 {
         let res = app
             .get(&format!("/api/profiles/{}", UserId::random()), &t)
@@ -324,15 +341,20 @@ fn fresh_address() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_authentication_is_limited_per_address() {
-    let mut config = config_on(&shared()).await;
-    config.rate_limits.per_address = 5;
-    // The test client (127.0.0.1) and 10.0.0.1 are the proxies; the client is the
-    // right-most X-Forwarded-For entry that is not one of them.
-    config.rate_limits.trusted_proxies = vec![
-        "127.0.0.0/8".parse().unwrap(),
-        "10.0.0.0/8".parse().unwrap(),
-    ];
-    let app = TestApp::spawn_with(config).await;
+    let app = TestApp::builder()
+        .with_store(&shared())
+        .with_limits(Limits::Production)
+        .with(|c| {
+            c.rate_limits.per_address = 5;
+            // The test client (127.0.0.1) and 10.0.0.1 are the proxies; the client is the
+            // right-most X-Forwarded-For entry that is not one of them.
+            c.rate_limits.trusted_proxies = vec![
+                "127.0.0.0/8".parse().unwrap(),
+                "10.0.0.0/8".parse().unwrap(),
+            ];
+        })
+        .spawn()
+        .await;
     window_room(3600, Duration::from_secs(10)).await;
     let addr = fresh_address();
     let from = |addr: &str, auth: Option<&str>| {
@@ -346,7 +368,7 @@ async fn failed_authentication_is_limited_per_address() {
         req.send()
     };
     let user = UserId::random();
-    let known = token(user, false);
+    let known = token(user, Role::User);
     // A valid token never counts against its address.
     assert_eq!(from(&addr, Some(&known)).await.unwrap().status(), 404);
 
@@ -371,7 +393,7 @@ async fn failed_authentication_is_limited_per_address() {
 
     // Blocked: refused before the signature is looked at: even a valid token never seen
     // from this address is refused (so guesses teach nothing), and nothing reaches Redis.
-    let fresh = token(UserId::random(), false);
+    let fresh = token(UserId::random(), Role::User);
     let res = from(&addr, Some(&fresh)).await.unwrap();
     assert_eq!(res.status(), 429);
     let (_, body) = json_of(res).await;
@@ -398,7 +420,7 @@ async fn failed_authentication_is_limited_per_address() {
         404
     );
 
-    let mut conn = connect(&common::redis_url()).await;
+    let mut conn = connect(&crate::helpers::redis_url()).await;
     // IPv6 addresses are limited per /64.
     let ip = user_api::ratelimit::middleware::limited_unit(addr.parse().unwrap());
     let key = Window::current(3600).address_key(ip);
@@ -474,10 +496,14 @@ impl RoundTrips {
 async fn a_cached_read_costs_one_round_trip() {
     let mut target = Target::new(StoreKind::Own).await;
     let proxy = RoundTrips::start(target.server().port).await;
-    let mut config = config_on(&target).await;
     // The app reaches the node through the counting proxy.
-    config.redis_url = Some(format!("redis://127.0.0.1:{}", proxy.port));
-    let (app, path, t) = app_with_cached_profile(config).await;
+    let (app, path, t) = app_with_cached_profile(
+        TestApp::builder()
+            .with_store(&target)
+            .with_limits(Limits::Production)
+            .with_proxy(format!("redis://127.0.0.1:{}", proxy.port)),
+    )
+    .await;
     // Settings too: cache them first (a miss, then a hit).
     let settings = format!("{path}/settings");
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -528,19 +554,6 @@ async fn a_cached_read_costs_one_round_trip() {
     }
 }
 
-/// An app connected to a test-owned node (to be killed), its Redis timeout short as in
-/// production yet safe from timeouts on a loaded CI machine before the outage, and its
-/// rate limits adjusted by `limits`.
-async fn app_before_outage(limits: impl FnOnce(&mut RateLimitConfig)) -> (Target, TestApp) {
-    let target = Target::new(StoreKind::Own).await;
-    let mut config = config_on(&target).await;
-    config.redis.timeout_ms = 250;
-    limits(&mut config.rate_limits);
-    let app = TestApp::spawn_with(config).await;
-    wait_connected(&app).await;
-    (target, app)
-}
-
 /// `GET /api/profiles/me`, which must be answered within a second.
 async fn get_me_promptly(app: &TestApp, t: &str) -> reqwest::Response {
     let start = Instant::now();
@@ -555,9 +568,20 @@ async fn get_me_promptly(app: &TestApp, t: &str) -> reqwest::Response {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_fails_open_to_local_limits() {
-    let (mut target, app) = app_before_outage(|rl| rl.profiles_read = 5).await;
+    // A test-owned node (to be killed); a Redis timeout short as in production, yet safe
+    // from timeouts on a loaded machine before the outage.
+    let mut target = Target::new(StoreKind::Own).await;
+    let app = TestApp::builder()
+        .with_store(&target)
+        .with_limits(Limits::Production)
+        .with(|c| {
+            c.redis.timeout_ms = 250;
+            c.rate_limits.profiles_read = 5;
+        })
+        .spawn()
+        .await;
     let id = UserId::random();
-    let t = token(id, false);
+    let t = token(id, Role::User);
     window_room(3600, Duration::from_secs(10)).await;
     for _ in 0..2 {
         assert_eq!(app.get("/api/profiles/me", &t).await.status(), 404);
@@ -572,7 +596,7 @@ async fn redis_outage_fails_open_to_local_limits() {
 
     // The instance's own counter enforces the policy (for a caller it has never counted
     // locally, from zero; the Redis count is out of reach).
-    let t = token(UserId::random(), false);
+    let t = token(UserId::random(), Role::User);
     let mut statuses = Vec::new();
     for _ in 0..7 {
         let res = get_me_promptly(&app, &t).await;
@@ -599,9 +623,18 @@ async fn redis_outage_fails_open_to_local_limits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_fails_closed_with_503() {
-    let (mut target, app) = app_before_outage(|rl| rl.fail = FailMode::Closed).await;
+    let mut target = Target::new(StoreKind::Own).await;
+    let app = TestApp::builder()
+        .with_store(&target)
+        .with_limits(Limits::Production)
+        .with(|c| {
+            c.redis.timeout_ms = 250;
+            c.rate_limits.fail = FailMode::Closed;
+        })
+        .spawn()
+        .await;
     let id = UserId::random();
-    let t = token(id, false);
+    let t = token(id, Role::User);
     assert_eq!(app.get("/api/profiles/me", &t).await.status(), 404);
     target.server().kill();
     for _ in 0..5 {

@@ -2,11 +2,10 @@
 //! and database, the per-call timeout, the circuit breaker, scripts by SHA with NOSCRIPT
 //! repaired (also inside pipelines), and the same on a cluster.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::redis::{RedisCluster, RedisServer, eventually};
+use crate::helpers::eventually;
+use crate::helpers::redis::{RedisCluster, RedisServer};
 use redis::{Script, cmd, pipe};
 use user_api::config::Config;
 use user_api::redis::{RedisClient, StoreError, key_slot};

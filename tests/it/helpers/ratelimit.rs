@@ -1,50 +1,18 @@
-//! Rate-limit suite support (tests/ratelimit_*): the production policies on a chosen store,
-//! windows, headers, bursts, the counters a Redis holds, and the checks the single-node and
-//! cluster suites share.
+//! Rate-limit suite support (`ratelimit_*`): windows, headers, bursts, the counters a Redis
+//! holds, and the checks the single-node and cluster suites share. Their services run with
+//! `Limits::Production`.
 
 use std::time::{Duration, Instant};
 
 use ::redis::AsyncCommands;
 use ::redis::aio::MultiplexedConnection;
 use serde_json::json;
-use user_api::config::{Config, RateLimitConfig};
 use user_api::domain::UserId;
 use user_api::ratelimit::Window;
 use user_api::ratelimit::window::now_ms;
 
-use super::redis::{Target, connect, tok};
-use super::{Backend, TestApp, token};
-
-/// A rate-limit test configuration without Redis (SQLite: the limiter does not care), with
-/// the production policies (the shared harness relaxes them for other suites).
-pub async fn config() -> Config {
-    let mut c = super::test_config(Backend::Sqlite).await;
-    assert!(c.uses_embedded_store());
-    c.rate_limits = RateLimitConfig::default();
-    c
-}
-
-/// [`config`] on `target`.
-pub async fn config_on(target: &Target) -> Config {
-    let mut c = config().await;
-    target.apply(&mut c);
-    // Generous for a loaded CI machine: a timeout (correctly) falls back to the instance's
-    // own counter, which is not what most of these tests measure. The outage tests put
-    // the production timeout back.
-    c.redis.timeout_ms = 1_000;
-    c
-}
-
-/// Waits until the app's Redis client answers (it connects lazily).
-pub async fn wait_connected(app: &TestApp) {
-    let redis = app.state.redis.as_ref().expect("redis configured");
-    // Generous: a cluster client first learns the slots.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while redis.query::<String>(&::redis::cmd("PING")).await.is_err() {
-        assert!(Instant::now() < deadline, "the app never reached Redis");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use super::redis::{Target, connect};
+use super::{Limits, Role, TestApp, TestAppBuilder, token};
 
 /// Waits until the current window has at least `room` left, so that a test's requests
 /// all fall into one window (hourly windows: at most a few seconds, once an hour).
@@ -172,22 +140,23 @@ pub async fn assert_ttls(target: &Target, prefix: &str) {
 /// (rejected requests are counted too), and every counter of the caller has a TTL.
 pub async fn exact_across_three_instances(target: &Target) {
     let started = Instant::now();
-    let config = config_on(target).await;
+    let config = TestApp::builder()
+        .with_store(target)
+        .with_limits(Limits::Production)
+        .config()
+        .await;
     let apps = [
         TestApp::spawn_with(config.clone()).await,
         TestApp::spawn_with(config.clone()).await,
         TestApp::spawn_with(config).await,
     ];
-    for app in &apps {
-        wait_connected(app).await;
-    }
     let id = UserId::random();
     apps[0].create_profile(id, json!({"name": "Exact"})).await;
     window_room(3600, Duration::from_secs(10)).await;
     let statuses = burst(
         &apps,
         &format!("/api/profiles/{id}"),
-        &token(id, false),
+        &token(id, Role::User),
         150,
     )
     .await;
@@ -206,20 +175,21 @@ pub async fn exact_across_three_instances(target: &Target) {
     eprintln!("150 reads over three instances: {:?}", started.elapsed());
 }
 
-/// Starts an app on `config` with nothing in the background talking to Redis (metrics
-/// flush, outbox poll), and makes it serve a new profile from the cache. Returns the app,
-/// the profile's path and a token without `iat` (so that no last-login write, and with it
-/// an invalidation, follows a read).
-pub async fn app_with_cached_profile(mut config: Config) -> (TestApp, String, String) {
-    config.redis.metrics_flush_ms = 600_000;
-    config.redis.outbox_poll_ms = 600_000;
-    let app = TestApp::spawn_with(config).await;
-    wait_connected(&app).await;
+/// Starts the app `builder` describes with nothing in the background talking to Redis
+/// (metrics flush, outbox poll), and makes it serve a new profile from the cache. Returns
+/// the app, the profile's path and its owner's token (without `iat`, so that no login
+/// record, and with it an invalidation, follows a read).
+pub async fn app_with_cached_profile(builder: TestAppBuilder) -> (TestApp, String, String) {
+    let app = builder
+        .with(|c| {
+            c.redis.metrics_flush_ms = 600_000;
+            c.redis.outbox_poll_ms = 600_000;
+        })
+        .spawn()
+        .await;
     let id = UserId::random();
-    let t = tok(id, false);
-    // Created with the iat-less token too: a token with `iat` records a login, whose
-    // invalidation lands up to `logins.flush_ms` later and would empty the entry again.
-    app.create_profile_as(&t, &json!({"name": "Hot"})).await;
+    let t = token(id, Role::User);
+    app.create_profile(id, json!({"name": "Hot"})).await;
     let path = format!("/api/profiles/{id}");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

@@ -1,13 +1,11 @@
 //! Authentication over real HTTP: every refused token is a 401 with `WWW-Authenticate`,
 //! and the accepted ones map to the right caller.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
+use crate::helpers::{Role, TestApp, json_of, sign, token};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::{Backend, TestApp, json_of, sign, test_config, token};
 use serde_json::{Value, json};
 use user_api::domain::UserId;
 
@@ -53,7 +51,7 @@ async fn assert_refused(app: &TestApp, token: &str, why: &str) {
 
 #[tokio::test]
 async fn missing_or_malformed_authorization() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
+    let app = TestApp::builder().spawn().await;
     for auth in [
         None,
         Some(""),
@@ -74,7 +72,7 @@ async fn missing_or_malformed_authorization() {
 
 #[tokio::test]
 async fn refused_tokens() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
+    let app = TestApp::builder().spawn().await;
     let sub = UserId::random().to_string();
     let now = chrono::Utc::now().timestamp();
 
@@ -104,7 +102,7 @@ async fn refused_tokens() {
     let signing_input = format!("{header}.{payload}");
     let key = aws_lc_rs::hmac::Key::new(
         aws_lc_rs::hmac::HMAC_SHA256,
-        common::keys().public_pem.as_bytes(),
+        crate::helpers::keys().public_pem.as_bytes(),
     );
     let tag = aws_lc_rs::hmac::sign(&key, signing_input.as_bytes());
     let hs = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()));
@@ -126,7 +124,7 @@ async fn refused_tokens() {
     .await;
 
     // Tampered payload.
-    let good = token(UserId::random(), false);
+    let good = token(UserId::random(), Role::User);
     let parts: Vec<&str> = good.split('.').collect();
     let mut admin_claims = claims(&sub);
     admin_claims["role"] = json!("admin");
@@ -138,7 +136,7 @@ async fn refused_tokens() {
 
 #[tokio::test]
 async fn accepted_tokens_and_roles() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
+    let app = TestApp::builder().spawn().await;
     let owner = UserId::random();
     app.create_profile(owner, json!({"name": "o"})).await;
     let path = format!("/api/profiles/{owner}");
@@ -176,10 +174,13 @@ async fn accepted_tokens_and_roles() {
 
 #[tokio::test]
 async fn issuer_and_audience_when_configured() {
-    let mut cfg = test_config(Backend::Sqlite).await;
-    cfg.jwt.iss = Some("https://auth.example".into());
-    cfg.jwt.aud = Some("user-api".into());
-    let app = TestApp::spawn_with(cfg).await;
+    let app = TestApp::builder()
+        .with(|c| {
+            c.jwt.iss = Some("https://auth.example".into());
+            c.jwt.aud = Some("user-api".into());
+        })
+        .spawn()
+        .await;
     let sub = UserId::random();
     app.create_profile_with_claims(sub).await;
     let now = chrono::Utc::now().timestamp();
@@ -242,12 +243,15 @@ async fn jwks_with_key_rotation() {
     let served = Arc::new(Mutex::new(json!({"keys": [jwk_a]})));
     let url = jwks_server(served.clone()).await;
 
-    let mut cfg = test_config(Backend::Sqlite).await;
-    cfg.jwt.public_key_file = None;
-    cfg.jwt.jwks_url = Some(url);
-    cfg.jwt.jwks_allow_http = true;
-    cfg.jwt.jwks_min_refetch_secs = 0;
-    let app = TestApp::spawn_with(cfg).await;
+    let app = TestApp::builder()
+        .with(|c| {
+            c.jwt.public_key_file = None;
+            c.jwt.jwks_url = Some(url);
+            c.jwt.jwks_allow_http = true;
+            c.jwt.jwks_min_refetch_secs = 0;
+        })
+        .spawn()
+        .await;
     let sub = UserId::random();
     let now = chrono::Utc::now().timestamp();
     let c = json!({"sub": sub.to_string(), "exp": now + 600, "iat": now});

@@ -4,12 +4,10 @@
 //! used again without a restart. A write acknowledged while Redis was unreachable is never
 //! hidden by the older entry Redis still holds when it comes back.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::redis::{StoreKind, Target, cache_config, create, eventually, read, spawn_ready, tok};
-use common::{Backend, TestApp, json_of};
+use crate::helpers::redis::{StoreKind, Target};
+use crate::helpers::{Backend, Role, TestApp, eventually, json_of, token};
 use reqwest::Method;
 use serde_json::{Value, json};
 use user_api::config::Config;
@@ -21,7 +19,7 @@ const PATIENCE: Duration = Duration::from_millis(500);
 
 async fn timed_read(app: &TestApp, id: UserId) -> (u16, Value, Duration) {
     let start = Instant::now();
-    let (s, b) = read(app, id).await;
+    let (s, b) = app.read_profile(id).await;
     (s, b, start.elapsed())
 }
 
@@ -31,7 +29,7 @@ async fn timed_put(app: &TestApp, id: UserId, name: &str) -> Duration {
         .send_json(
             Method::PUT,
             &format!("/api/profiles/{id}"),
-            &tok(id, false),
+            &token(id, Role::User),
             &json!({"name": name}),
         )
         .await;
@@ -44,26 +42,28 @@ async fn ready(app: &TestApp) -> (u16, Value) {
     json_of(app.get_anonymous("/ready").await).await
 }
 
-/// A configuration on `target` with the production Redis timeout and a short breaker
-/// cooldown, so that an outage is noticed, and its end, within a test's patience.
-async fn outage_config(target: &Target) -> Config {
-    let mut c = cache_config(Backend::Sqlite, target).await;
+/// The production Redis timeout and a short breaker cooldown, so that an outage is
+/// noticed, and its end, within a test's patience.
+fn outage_timeouts(c: &mut Config) {
     c.redis.breaker_cooldown_ms = 300;
     c.redis.timeout_ms = 50;
-    c
 }
 
-/// An app on [`outage_config`] and a test-owned node, connected.
+/// A service on a test-owned node with [`outage_timeouts`], connected.
 async fn outage_app() -> (Target, TestApp) {
     let target = Target::new(StoreKind::Own).await;
-    let app = spawn_ready(outage_config(&target).await).await;
+    let app = TestApp::builder()
+        .with_store(&target)
+        .with(outage_timeouts)
+        .spawn()
+        .await;
     (target, app)
 }
 
 async fn hit_again(app: &TestApp, id: UserId, what: &str) {
     eventually(Duration::from_secs(10), what, || async {
-        read(app, id).await;
-        read(app, id).await.1["cached"] == true
+        app.read_profile(id).await;
+        app.read_profile(id).await.1["cached"] == true
     })
     .await;
 }
@@ -72,9 +72,9 @@ async fn hit_again(app: &TestApp, id: UserId, what: &str) {
 async fn redis_killed_mid_run_then_restarted() {
     let (mut target, app) = outage_app().await;
     let id = UserId::random();
-    create(&app, id, json!({"name": "before"})).await;
-    read(&app, id).await;
-    assert_eq!(read(&app, id).await.1["cached"], true);
+    app.create_profile(id, json!({"name": "before"})).await;
+    app.read_profile(id).await;
+    assert_eq!(app.read_profile(id).await.1["cached"], true);
     let (s, r) = ready(&app).await;
     assert_eq!(
         (s, r["status"].clone(), r["redis"].clone()),
@@ -108,7 +108,7 @@ async fn redis_killed_mid_run_then_restarted() {
 
     target.server().restart().await;
     hit_again(&app, id, "the cache is used again after redis returns").await;
-    let (_, b) = read(&app, id).await;
+    let (_, b) = app.read_profile(id).await;
     assert_eq!(b["profile"]["name"], format!("during-{i}"));
     eventually(Duration::from_secs(5), "/ready ok again", || async {
         ready(&app).await.1["status"] == "ok"
@@ -121,10 +121,10 @@ async fn write_while_unreachable_is_never_hidden_by_the_old_entry() {
     let (mut target, app) = outage_app().await;
     let id = UserId::random();
     let key = format!("cache:profile:{id}");
-    create(&app, id, json!({"name": "old"})).await;
-    read(&app, id).await;
+    app.create_profile(id, json!({"name": "old"})).await;
+    app.read_profile(id).await;
     assert_eq!(
-        read(&app, id).await.1["cached"],
+        app.read_profile(id).await.1["cached"],
         true,
         "the old entry is cached"
     );
@@ -150,7 +150,7 @@ async fn write_while_unreachable_is_never_hidden_by_the_old_entry() {
 
     let mut invalidated_after = None;
     while back.elapsed() < Duration::from_secs(6) {
-        let (s, b) = read(&app, id).await;
+        let (s, b) = app.read_profile(id).await;
         assert_eq!(s, 200);
         assert_eq!(
             b["profile"]["name"], "new",
@@ -174,7 +174,7 @@ async fn write_while_unreachable_is_never_hidden_by_the_old_entry() {
         "invalidated {after:?} after redis returned"
     );
     hit_again(&app, id, "cache used again").await;
-    assert_eq!(read(&app, id).await.1["profile"]["name"], "new");
+    assert_eq!(app.read_profile(id).await.1["profile"]["name"], "new");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,8 +184,8 @@ async fn paused_redis_never_holds_a_request() {
         unreachable!()
     };
     let id = UserId::random();
-    create(&app, id, json!({"name": "a"})).await;
-    read(&app, id).await;
+    app.create_profile(id, json!({"name": "a"})).await;
+    app.read_profile(id).await;
 
     let out = server.cli(&["CLIENT", "PAUSE", "2500", "ALL"]);
     assert!(out.contains("OK"), "{out}");
@@ -204,22 +204,29 @@ async fn paused_redis_never_holds_a_request() {
     }
     assert_eq!(ready(&app).await.1["status"], "degraded");
     hit_again(&app, id, "cache used again after the pause").await;
-    assert_eq!(read(&app, id).await.1["profile"]["name"], format!("p{n}"));
+    assert_eq!(
+        app.read_profile(id).await.1["profile"]["name"],
+        format!("p{n}")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_and_serves_while_redis_is_down() {
     let mut target = Target::new(StoreKind::Own).await;
     target.server().kill();
-    let c = outage_config(&target).await;
+    let c = TestApp::builder()
+        .with_store(&target)
+        .with(outage_timeouts)
+        .config()
+        .await;
     let start = Instant::now();
-    let app = TestApp::spawn_with(c).await;
+    let app = TestApp::spawn_now(c).await;
     assert!(
         start.elapsed() < Duration::from_secs(2),
         "start-up does not wait for redis"
     );
     let id = UserId::random();
-    create(&app, id, json!({"name": "x"})).await;
+    app.create_profile(id, json!({"name": "x"})).await;
     for _ in 0..5 {
         let (s, _, took) = timed_read(&app, id).await;
         assert_eq!(s, 200);
@@ -235,7 +242,7 @@ async fn starts_and_serves_while_redis_is_down() {
 
 /// The index of the cluster node holding `key` (asked directly: only the owner answers
 /// `EXISTS` with a number, the others with `MOVED`).
-fn owner_of(cluster: &common::redis::RedisCluster, key: &str) -> Option<usize> {
+fn owner_of(cluster: &crate::helpers::redis::RedisCluster, key: &str) -> Option<usize> {
     cluster
         .nodes
         .iter()
@@ -247,18 +254,27 @@ async fn cluster_node_killed_mid_run_then_restarted() {
     // Well under a second, with up to a few Redis calls of at most `timeout_ms` each.
     const CLUSTER_PATIENCE: Duration = Duration::from_millis(800);
     let mut target = Target::new(StoreKind::Cluster).await;
-    let mut c = cache_config(Backend::Postgres, &target).await;
-    c.redis.breaker_cooldown_ms = 300;
-    c.redis.timeout_ms = 200;
-    let app = spawn_ready(c).await;
+    let app = TestApp::builder()
+        .with_backend(Backend::Postgres)
+        .with_store(&target)
+        .with(|c| {
+            c.redis.breaker_cooldown_ms = 300;
+            c.redis.timeout_ms = 200;
+        })
+        .spawn()
+        .await;
 
     let ids: Vec<UserId> = (0..6).map(|_| UserId::random()).collect();
     let mut last: Vec<String> = Vec::new();
     for (n, id) in ids.iter().enumerate() {
         let name = format!("before-{n}");
-        create(&app, *id, json!({"name": name})).await;
-        read(&app, *id).await;
-        assert_eq!(read(&app, *id).await.1["cached"], true, "cached before");
+        app.create_profile(*id, json!({"name": name})).await;
+        app.read_profile(*id).await;
+        assert_eq!(
+            app.read_profile(*id).await.1["cached"],
+            true,
+            "cached before"
+        );
         last.push(name);
     }
     let owners: Vec<usize> = ids
@@ -326,7 +342,7 @@ async fn cluster_node_killed_mid_run_then_restarted() {
     loop {
         let mut all_cached = true;
         for (n, id) in ids.iter().enumerate() {
-            let (s, b) = read(&app, *id).await;
+            let (s, b) = app.read_profile(*id).await;
             assert_eq!(s, 200);
             assert_eq!(
                 b["profile"]["name"], last[n],

@@ -1,17 +1,17 @@
 //! The database layer through the `ProfileRepo` trait, against a real PostgreSQL database
 //! and a real SQLite file. Each behaviour is written once and run for both backends.
 
-#[path = "common/db.rs"]
-mod db_util;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, SubsecRound, TimeDelta, Utc};
+use rstest::rstest;
 use serde_json::json;
 use user_api::db::{
-    self, DbError, InvalidationScope, PoolOptions, PostgresRepo, ProfileRepo, Repo, SqliteRepo,
+    DbError, InvalidationScope, PoolOptions, PostgresRepo, ProfileRepo, Repo, SqliteRepo,
 };
+
+use crate::helpers::{Backend, db};
 use user_api::domain::{
     DocumentKind, Email, FieldChange, JsonObject, NewProfile, Profile, ProfilePatch, UserId,
 };
@@ -25,56 +25,18 @@ fn opts() -> PoolOptions {
     }
 }
 
-async fn postgres() -> Repo {
-    let url = db_util::fresh_postgres_url().await;
-    let repo = db::connect(&url, &opts()).await.expect("connect postgres");
-    assert_eq!(repo.backend(), "postgres");
-    repo.migrate().await.expect("migrate postgres");
+/// A migrated repository on a fresh database of `backend`, as `user_api::db::connect`
+/// opens it.
+async fn migrated(backend: Backend) -> Repo {
+    let (url, name) = match backend {
+        Backend::Postgres => (db::fresh_postgres_url().await, "postgres"),
+        Backend::Sqlite => (db::fresh_sqlite_url(), "sqlite"),
+    };
+    let repo = user_api::db::connect(&url, &opts()).await.expect("connect");
+    assert_eq!(repo.backend(), name);
+    repo.migrate().await.expect("migrate");
     repo
 }
-
-async fn sqlite() -> Repo {
-    let url = db_util::fresh_sqlite_url();
-    let repo = db::connect(&url, &opts()).await.expect("connect sqlite");
-    assert_eq!(repo.backend(), "sqlite");
-    repo.migrate().await.expect("migrate sqlite");
-    repo
-}
-
-/// Runs `async fn $name(repo: Repo)` once per backend, as `$name::postgres` and `$name::sqlite`.
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test]
-            async fn postgres() {
-                super::$name(super::postgres().await).await;
-            }
-            #[tokio::test]
-            async fn sqlite() {
-                super::$name(super::sqlite().await).await;
-            }
-        }
-    )*};
-}
-
-both!(
-    crud,
-    partial_update,
-    email_conflicts,
-    already_exists,
-    upsert_creates_then_updates,
-    concurrent_upserts_create_once,
-    delete_cascades_documents,
-    documents,
-    record_login_is_throttled,
-    recent_logins_order_and_limit,
-    fetch_many_one_query,
-    outbox_rows_per_write,
-    seed_inserts_plausible_rows,
-    insert_many_skips_existing,
-    text_round_trips_verbatim,
-    pool_stats_are_sane,
-);
 
 fn email(s: &str) -> Email {
     Email::parse(s).expect("test e-mail is valid")
@@ -101,7 +63,10 @@ async fn pending_scopes(repo: &Repo) -> Vec<(UserId, &'static str)> {
         .collect()
 }
 
-async fn crud(repo: Repo) {
+#[rstest]
+#[tokio::test]
+async fn crud(#[values(Backend::Postgres, Backend::Sqlite)] backend: Backend) {
+    let repo = migrated(backend).await;
     let id = UserId::random();
     assert!(repo.fetch(id).await.unwrap().is_none());
 
@@ -144,7 +109,10 @@ async fn crud(repo: Repo) {
     assert!(repo.ping().await.is_ok());
 }
 
-async fn partial_update(repo: Repo) {
+#[rstest]
+#[tokio::test]
+async fn partial_update(#[values(Backend::Postgres, Backend::Sqlite)] backend: Backend) {
+    let repo = migrated(backend).await;
     let id = UserId::random();
     let created = repo
         .create(id, &full_profile("p@example.com"))
@@ -230,7 +198,10 @@ async fn partial_update(repo: Repo) {
     );
 }
 
-async fn email_conflicts(repo: Repo) {
+#[rstest]
+#[tokio::test]
+async fn email_conflicts(#[values(Backend::Postgres, Backend::Sqlite)] backend: Backend) {
+    let repo = migrated(backend).await;
     let a = UserId::random();
     let b = UserId::random();
     repo.create(a, &full_profile("Taro@Example.com"))
@@ -335,7 +306,10 @@ async fn email_conflicts(repo: Repo) {
     .unwrap();
 }
 
-async fn already_exists(repo: Repo) {
+#[rstest]
+#[tokio::test]
+async fn already_exists(#[values(Backend::Postgres, Backend::Sqlite)] backend: Backend) {
+    let repo = migrated(backend).await;
     let id = UserId::random();
     let other = UserId::random();
     repo.create(id, &full_profile("one@example.com"))
@@ -370,7 +344,12 @@ async fn already_exists(repo: Repo) {
     assert_eq!(p.email.as_ref().map(Email::as_str), Some("one@example.com"));
 }
 
-async fn upsert_creates_then_updates(repo: Repo) {
+#[rstest]
+#[tokio::test]
+async fn upsert_creates_then_updates(
+    #[values(Backend::Postgres, Backend::Sqlite)] backend: Backend,
+) {
+    let repo = migrated(backend).await;
     let id = UserId::random();
     let patch = ProfilePatch {
         first_name: FieldChange::Set("花子".into()),
@@ -417,7 +396,12 @@ async fn upsert_creates_then_updates(repo: Repo) {
     assert_eq!(e.first_name, None);
 }
 
-async fn concurrent_upserts_create_once(repo: Repo) {
+#[rstest]
+#[tokio::test]
+async fn concurrent_upserts_create_once(
+    #[values(Backend::Postgres, Backend::Sqlite)] backend: Backend,
+) {
+    let repo = migrated(backend).await;
     let id = UserId::random();
     let mut tasks = Vec::new();
     for i in 0..8 {
@@ -440,7 +424,10 @@ async fn concurrent_upserts_create_once(repo: Repo) {
     assert!(repo.fetch(id).await.unwrap().is_some());
 }
 
-async fn delete_cascades_documents(repo: Repo) {
+#[rstest]
+#[tokio::test]
+async fn delete_cascades_documents(#[values(Backend::Postgres, Backend::Sqlite)] backend: Backend) {
+    let repo = migrated(backend).await;
     let id = UserId::random();
     repo.create(id, &full_profile("del@example.com"))
         .await
@@ -487,7 +474,10 @@ async fn delete_cascades_documents(repo: Repo) {
     }
 }
 
-async fn documents(repo: Repo) {
+#[rstest]
+#[tokio::test]
+async fn documents(#[values(Backend::Postgres, Backend::Sqlite)] backend: Backend) {
+    let repo = migrated(backend).await;
     let missing = UserId::random();
     for kind in [DocumentKind::Settings, DocumentKind::Preferences] {
         assert!(repo.fetch_document(kind, missing).await.unwrap().is_none());
@@ -577,7 +567,10 @@ async fn documents(repo: Repo) {
     assert_eq!(scopes, ["profile", "settings", "settings", "preferences"]);
 }
 
-async fn record_login_is_throttled(repo: Repo) {
+#[rstest]
+#[tokio::test]
+async fn record_login_is_throttled(#[values(Backend::Postgres, Backend::Sqlite)] backend: Backend) {
+    let repo = migrated(backend).await;
     let id = UserId::random();
     let p = repo.create(id, &NewProfile::default()).await.unwrap().value;
     let t0 = Utc::now().trunc_subsecs(0) - TimeDelta::hours(5);
@@ -626,7 +619,12 @@ async fn record_login_is_throttled(repo: Repo) {
     );
 }
 
-async fn recent_logins_order_and_limit(repo: Repo) {
+#[rstest]
+#[tokio::test]
+async fn recent_logins_order_and_limit(
+    #[values(Backend::Postgres, Backend::Sqlite)] backend: Backend,
+) {
+    let repo = migrated(backend).await;
     let now = Utc::now();
     let mut expected = Vec::new();
     for hours_ago in [30, 2, 100, 50] {
@@ -681,7 +679,10 @@ async fn recent_logins_order_and_limit(repo: Repo) {
     assert!(!miss.iter().any(|p| p.user_id == edge));
 }
 
-async fn fetch_many_one_query(repo: Repo) {
+#[rstest]
+#[tokio::test]
+async fn fetch_many_one_query(#[values(Backend::Postgres, Backend::Sqlite)] backend: Backend) {
+    let repo = migrated(backend).await;
     let mut ids = Vec::new();
     for i in 0..3 {
         let id = UserId::random();
@@ -708,7 +709,10 @@ async fn fetch_many_one_query(repo: Repo) {
     assert_eq!(repo.fetch_many(&many).await.unwrap().len(), 3);
 }
 
-async fn outbox_rows_per_write(repo: Repo) {
+#[rstest]
+#[tokio::test]
+async fn outbox_rows_per_write(#[values(Backend::Postgres, Backend::Sqlite)] backend: Backend) {
+    let repo = migrated(backend).await;
     let id = UserId::random();
     let mut ids = Vec::new();
     ids.push(
@@ -814,7 +818,12 @@ async fn outbox_rows_per_write(repo: Repo) {
 
 /// What seeding writes. How fast it is, is a timing, not a check: the ignored
 /// `seed_100k_*_timing` tests and `user-api seed` (which prints it) measure it.
-async fn seed_inserts_plausible_rows(repo: Repo) {
+#[rstest]
+#[tokio::test]
+async fn seed_inserts_plausible_rows(
+    #[values(Backend::Postgres, Backend::Sqlite)] backend: Backend,
+) {
+    let repo = migrated(backend).await;
     let n = user_api::seed::seed(repo.as_ref(), 2_000).await.unwrap();
     assert_eq!(n, 2_000);
     let recent = repo
@@ -835,7 +844,12 @@ async fn seed_inserts_plausible_rows(repo: Repo) {
     }
 }
 
-async fn insert_many_skips_existing(repo: Repo) {
+#[rstest]
+#[tokio::test]
+async fn insert_many_skips_existing(
+    #[values(Backend::Postgres, Backend::Sqlite)] backend: Backend,
+) {
+    let repo = migrated(backend).await;
     let profiles = user_api::seed::fake_profiles(300);
     assert_eq!(repo.insert_many(&profiles).await.unwrap(), 300);
     assert_eq!(repo.insert_many(&profiles).await.unwrap(), 0);
@@ -847,7 +861,10 @@ async fn insert_many_skips_existing(repo: Repo) {
     assert!(repo.pending_invalidations(10).await.unwrap().is_empty());
 }
 
-async fn text_round_trips_verbatim(repo: Repo) {
+#[rstest]
+#[tokio::test]
+async fn text_round_trips_verbatim(#[values(Backend::Postgres, Backend::Sqlite)] backend: Backend) {
+    let repo = migrated(backend).await;
     let nasty = [
         "'; DROP TABLE profiles; --",
         "Robert'); DELETE FROM settings WHERE ('1'='1",
@@ -912,7 +929,10 @@ async fn text_round_trips_verbatim(repo: Repo) {
     assert_eq!(repo.fetch_many(&[id]).await.unwrap().len(), 1);
 }
 
-async fn pool_stats_are_sane(repo: Repo) {
+#[rstest]
+#[tokio::test]
+async fn pool_stats_are_sane(#[values(Backend::Postgres, Backend::Sqlite)] backend: Backend) {
+    let repo = migrated(backend).await;
     repo.ping().await.unwrap();
     let s = repo.pool_stats();
     assert_eq!(s.max, 5);
@@ -942,7 +962,7 @@ async fn postgres_down_is_unavailable_quickly() {
 
 #[tokio::test]
 async fn postgres_recovers_after_connections_are_killed() {
-    let url = db_util::fresh_postgres_url().await;
+    let url = db::fresh_postgres_url().await;
     let repo = PostgresRepo::connect(&url, &opts()).await.unwrap();
     repo.migrate().await.unwrap();
     repo.ping().await.unwrap();
@@ -955,9 +975,7 @@ async fn postgres_recovers_after_connections_are_killed() {
         .unwrap()
         .to_owned();
     // What a server restart does to every pooled connection.
-    let admin = sqlx::PgPool::connect(&db_util::pg_admin_url())
-        .await
-        .unwrap();
+    let admin = sqlx::PgPool::connect(&db::pg_admin_url()).await.unwrap();
     sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
         .bind(&db_name)
         .execute(&admin)
@@ -1029,7 +1047,7 @@ async fn sqlite_creates_directory_and_file_and_accepts_both_url_forms() {
 
 #[tokio::test]
 async fn sqlite_stores_readable_text() {
-    let url = db_util::fresh_sqlite_url();
+    let url = db::fresh_sqlite_url();
     let repo = SqliteRepo::connect(&url, &opts()).await.unwrap();
     repo.migrate().await.unwrap();
     let id = UserId::random();
@@ -1051,11 +1069,11 @@ async fn sqlite_stores_readable_text() {
     }
 }
 
-/// Run manually: `cargo test --test repo -- --ignored seed_100k --nocapture`.
+/// Run manually: `cargo nextest run --run-ignored only repo::seed_100k --no-capture`.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore]
 async fn seed_100k_postgres_timing() {
-    let repo = postgres().await;
+    let repo = migrated(Backend::Postgres).await;
     let started = Instant::now();
     let n = user_api::seed::seed(repo.as_ref(), 100_000).await.unwrap();
     let took = started.elapsed();
@@ -1064,11 +1082,11 @@ async fn seed_100k_postgres_timing() {
     assert!(took < Duration::from_secs(60));
 }
 
-/// Run manually: `cargo test --test repo -- --ignored seed_100k --nocapture`.
+/// Run manually: `cargo nextest run --run-ignored only repo::seed_100k --no-capture`.
 #[tokio::test(flavor = "multi_thread")]
 #[ignore]
 async fn seed_100k_sqlite_timing() {
-    let repo = sqlite().await;
+    let repo = migrated(Backend::Sqlite).await;
     let started = Instant::now();
     let n = user_api::seed::seed(repo.as_ref(), 100_000).await.unwrap();
     println!("sqlite: seeded {n} profiles in {:?}", started.elapsed());

@@ -8,15 +8,14 @@
 //! of one process, so the tests reading it take `COUNTING` (nextest runs each test in its
 //! own process anyway).
 
-mod common;
-
 use std::time::Duration;
 
-use common::redis::{
-    DelayProxy, RedisServer, StoreKind, Target, admin, as_admin, cache_commands, cache_config,
-    create, eventually, host_port, prom_counter, raw, read, slowlog_reset, spawn_ready,
+use rstest::rstest;
+
+use crate::helpers::redis::{
+    DelayProxy, RedisServer, StoreKind, Target, cache_commands, raw, slowlog_reset,
 };
-use common::{Backend, TestApp, json_of};
+use crate::helpers::{Backend, Role, TestApp, eventually, json_of, token};
 use futures::future::join_all;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -43,15 +42,23 @@ fn key(id: UserId) -> String {
     format!("cache:profile:{id}")
 }
 
-async fn stampede(kind: StoreKind) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stampede_costs_one_read(
+    #[values(StoreKind::Shared, StoreKind::Memory, StoreKind::Cluster)] kind: StoreKind,
+) {
     let _serial = COUNTING.lock().await;
     let target = Target::new(kind).await;
-    let app = spawn_ready(cache_config(Backend::Sqlite, &target).await).await;
+    let app = TestApp::builder()
+        .with_backend(Backend::Sqlite)
+        .with_store(&target)
+        .spawn()
+        .await;
     let id = UserId::random();
-    create(&app, id, json!({"name": "popular"})).await;
-    let before = prom_counter(&app, FETCH).await;
-    let answers = join_all((0..50).map(|_| read(&app, id))).await;
-    let after = prom_counter(&app, FETCH).await;
+    app.create_profile(id, json!({"name": "popular"})).await;
+    let before = app.prom_counter(FETCH).await;
+    let answers = join_all((0..50).map(|_| app.read_profile(id))).await;
+    let after = app.prom_counter(FETCH).await;
     assert!(
         answers
             .iter()
@@ -64,38 +71,32 @@ async fn stampede(kind: StoreKind) {
     );
     // Unknown ids are stampede-protected too, then answered by the tombstone.
     let unknown = UserId::random();
-    let before = prom_counter(&app, FETCH).await;
-    let answers = join_all((0..30).map(|_| read(&app, unknown))).await;
+    let before = app.prom_counter(FETCH).await;
+    let answers = join_all((0..30).map(|_| app.read_profile(unknown))).await;
     assert!(answers.iter().all(|(s, _)| *s == 404));
-    read(&app, unknown).await;
-    assert_eq!(prom_counter(&app, FETCH).await - before, 1);
+    app.read_profile(unknown).await;
+    assert_eq!(app.prom_counter(FETCH).await - before, 1);
 }
 
+#[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stampede_costs_one_read_shared_redis() {
-    stampede(StoreKind::Shared).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stampede_costs_one_read_memory() {
-    stampede(StoreKind::Memory).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stampede_costs_one_read_cluster() {
-    stampede(StoreKind::Cluster).await
-}
-
-async fn refresh_ahead(kind: StoreKind) {
+async fn refresh_ahead_once_across_instances(
+    #[values(StoreKind::Shared, StoreKind::Cluster, StoreKind::Memory)] kind: StoreKind,
+) {
     let _serial = COUNTING.lock().await;
     let target = Target::new(kind).await;
-    let mut c = cache_config(Backend::Sqlite, &target).await;
     // TTL 10 s, jitter at most 1 s, refresh when < 7 s are left: an entry is fresh for its
     // first 2 s at least and near expiry from 3 s to at least 9 s of age, wide margins on
     // a loaded machine.
-    c.cache.ttl_secs = 10;
-    c.cache.refresh_ahead_secs = 7;
-    c.cache.jitter_percent = 10;
+    let c = TestApp::builder()
+        .with_store(&target)
+        .with(|c| {
+            c.cache.ttl_secs = 10;
+            c.cache.refresh_ahead_secs = 7;
+            c.cache.jitter_percent = 10;
+        })
+        .config()
+        .await;
     // Two instances on the same Redis and database, each reaching Redis through a proxy
     // adding 25 ms each way: the refresh one of them starts (SET NX, read, fill) then
     // takes longer than the other's concurrent GETs, so both see the near-expiry entry
@@ -103,19 +104,17 @@ async fn refresh_ahead(kind: StoreKind) {
     // the cluster, whose nodes announce their own addresses, no proxy and one instance.)
     let mut proxies = Vec::new();
     let (a, b) = match &c.redis_url {
-        Some(url) => {
+        Some(_) => {
             let mut instances = Vec::new();
             for _ in 0..2 {
-                let proxy = DelayProxy::start(host_port(url), Duration::from_millis(25)).await;
-                let mut far = c.clone();
-                far.redis_url = Some(proxy.url_for(url));
+                let (proxy, far) = DelayProxy::in_front_of(&c, Duration::from_millis(25)).await;
                 proxies.push(proxy);
-                instances.push(spawn_ready(far).await);
+                instances.push(TestApp::spawn_with(far).await);
             }
             let b = instances.pop();
             (instances.pop().expect("two instances"), b)
         }
-        None => (spawn_ready(c).await, None),
+        None => (TestApp::spawn_with(c).await, None),
     };
     // Under heavy load one instance may only get to read after the refresh landed; then
     // that round cannot show two would-be refreshers, so it is run again with a new id.
@@ -131,25 +130,25 @@ async fn refresh_ahead(kind: StoreKind) {
 /// One near-expiry refresh; `false` when the second instance never saw the old entry.
 async fn refresh_round(a: &TestApp, b: Option<&TestApp>) -> bool {
     let id = UserId::random();
-    create(a, id, json!({"name": "r"})).await;
-    read(a, id).await;
-    let first = read(a, id).await.1;
+    a.create_profile(id, json!({"name": "r"})).await;
+    a.read_profile(id).await;
+    let first = a.read_profile(id).await.1;
     let first_hit = std::time::Instant::now();
     assert_eq!(first["cached"], true);
     let cached_at = first["cached_at"].as_str().unwrap().to_owned();
 
     // Fresh: a hit far from expiry does not refresh.
-    let before = prom_counter(a, FETCH).await;
-    read(a, id).await;
+    let before = a.prom_counter(FETCH).await;
+    a.read_profile(id).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(prom_counter(a, FETCH).await, before);
+    assert_eq!(a.prom_counter(FETCH).await, before);
 
     // Near expiry (< 7 s left of at most 10 s): a hit answers at once with the cached entry…
     tokio::time::sleep_until((first_hit + Duration::from_millis(3100)).into()).await;
-    let before = prom_counter(a, FETCH).await;
+    let before = a.prom_counter(FETCH).await;
     match b {
         None => {
-            let (_, h) = read(a, id).await;
+            let (_, h) = a.read_profile(id).await;
             assert_eq!(h["cached"], true);
             assert_eq!(
                 h["cached_at"],
@@ -160,8 +159,8 @@ async fn refresh_round(a: &TestApp, b: Option<&TestApp>) -> bool {
         Some(bb) => {
             // Both instances see the near-expiry entry, so both try to refresh it.
             let (on_a, on_b) = tokio::join!(
-                join_all((0..4).map(|_| read(a, id))),
-                join_all((0..4).map(|_| read(bb, id)))
+                join_all((0..4).map(|_| a.read_profile(id))),
+                join_all((0..4).map(|_| bb.read_profile(id)))
             );
             for (s, h) in on_a.iter().chain(&on_b) {
                 assert_eq!((*s, h["cached"].clone()), (200, json!(true)), "{h}");
@@ -188,7 +187,7 @@ async fn refresh_round(a: &TestApp, b: Option<&TestApp>) -> bool {
     .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
-        prom_counter(a, FETCH).await - before,
+        a.prom_counter(FETCH).await - before,
         1,
         "exactly one refresh"
     );
@@ -197,33 +196,21 @@ async fn refresh_round(a: &TestApp, b: Option<&TestApp>) -> bool {
         ttl > Duration::from_millis(7000) && ttl <= Duration::from_secs(10),
         "a fresh TTL: {ttl:?}"
     );
-    let (_, after) = read(a, id).await;
+    let (_, after) = a.read_profile(id).await;
     assert_eq!(after["cached"], true);
     assert_ne!(after["cached_at"], cached_at.as_str());
     true
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refresh_ahead_once_across_instances_shared_redis() {
-    refresh_ahead(StoreKind::Shared).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refresh_ahead_cluster() {
-    refresh_ahead(StoreKind::Cluster).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refresh_ahead_memory() {
-    refresh_ahead(StoreKind::Memory).await
-}
-
 /// An app on a test-owned node, with the metrics flush out of the way of command counts.
 async fn counted_app() -> (Target, TestApp) {
     let target = Target::new(StoreKind::Own).await;
-    let mut c = cache_config(Backend::Sqlite, &target).await;
-    c.redis.metrics_flush_ms = 3_600_000;
-    let app = spawn_ready(c).await;
+    let app = TestApp::builder()
+        .with_backend(Backend::Sqlite)
+        .with_store(&target)
+        .with(|c| c.redis.metrics_flush_ms = 3_600_000)
+        .spawn()
+        .await;
     (target, app)
 }
 
@@ -241,16 +228,16 @@ async fn cached_get_costs_one_redis_get() {
     // The fill script is loaded once per server (EVALSHA, SCRIPT LOAD on NOSCRIPT):
     // another miss first, so the counts below are those of every later request.
     let other = UserId::random();
-    create(&app, other, json!({})).await;
-    read(&app, other).await;
+    app.create_profile(other, json!({})).await;
+    app.read_profile(other).await;
     let id = UserId::random();
-    create(&app, id, json!({})).await;
+    app.create_profile(id, json!({})).await;
 
     slowlog_reset(server(&t)).await;
-    let before = prom_counter(&app, FETCH).await;
-    assert_eq!(read(&app, id).await.1["cached"], false);
+    let before = app.prom_counter(FETCH).await;
+    assert_eq!(app.read_profile(id).await.1["cached"], false);
     let miss = cache_commands(server(&t)).await;
-    assert_eq!(prom_counter(&app, FETCH).await - before, 1);
+    assert_eq!(app.prom_counter(FETCH).await - before, 1);
     assert_eq!(
         miss.len(),
         2,
@@ -261,8 +248,8 @@ async fn cached_get_costs_one_redis_get() {
 
     let entry = raw(&app, &key(id)).await;
     slowlog_reset(server(&t)).await;
-    let before = prom_counter(&app, FETCH).await;
-    assert_eq!(read(&app, id).await.1["cached"], true);
+    let before = app.prom_counter(FETCH).await;
+    assert_eq!(app.read_profile(id).await.1["cached"], true);
     let hit = cache_commands(server(&t)).await;
     assert_eq!(
         hit,
@@ -270,7 +257,7 @@ async fn cached_get_costs_one_redis_get() {
         "a hit costs exactly one look (an MGET of the entry and its companions)"
     );
     assert_eq!(
-        prom_counter(&app, FETCH).await,
+        app.prom_counter(FETCH).await,
         before,
         "and no database read"
     );
@@ -287,16 +274,18 @@ async fn batch_costs_one_mget_one_query_one_write_back() {
     let (t, app) = counted_app().await;
     let ids: Vec<UserId> = (0..8).map(|_| UserId::random()).collect();
     for id in &ids[..6] {
-        create(&app, *id, json!({})).await;
+        app.create_profile(*id, json!({})).await;
     }
     for id in &ids[..3] {
-        read(&app, *id).await;
+        app.read_profile(*id).await;
     }
     let body = json!(ids.iter().map(|i| i.to_string()).collect::<Vec<_>>());
     slowlog_reset(server(&t)).await;
-    let before = prom_counter(&app, FETCH_MANY).await;
-    let fetch_before = prom_counter(&app, FETCH).await;
-    let (s, b) = as_admin(&app, Method::POST, "/api/profiles/batch", &body).await;
+    let before = app.prom_counter(FETCH_MANY).await;
+    let fetch_before = app.prom_counter(FETCH).await;
+    let (s, b) = app
+        .as_admin(Method::POST, "/api/profiles/batch", &body)
+        .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(
         (
@@ -308,12 +297,12 @@ async fn batch_costs_one_mget_one_query_one_write_back() {
     );
     assert_eq!(b["not_found"].as_array().unwrap().len(), 2);
     assert_eq!(
-        prom_counter(&app, FETCH_MANY).await - before,
+        app.prom_counter(FETCH_MANY).await - before,
         1,
         "one database query"
     );
     assert_eq!(
-        prom_counter(&app, FETCH).await,
+        app.prom_counter(FETCH).await,
         fetch_before,
         "no single reads"
     );
@@ -332,14 +321,16 @@ async fn batch_costs_one_mget_one_query_one_write_back() {
     );
 
     slowlog_reset(server(&t)).await;
-    let before = prom_counter(&app, FETCH_MANY).await;
-    let (_, b) = as_admin(&app, Method::POST, "/api/profiles/batch", &body).await;
+    let before = app.prom_counter(FETCH_MANY).await;
+    let (_, b) = app
+        .as_admin(Method::POST, "/api/profiles/batch", &body)
+        .await;
     assert_eq!(
         (b["cache_hits"].clone(), b["cache_misses"].clone()),
         (json!(6), json!(2))
     );
     assert_eq!(
-        prom_counter(&app, FETCH_MANY).await,
+        app.prom_counter(FETCH_MANY).await,
         before,
         "everything answered by the cache"
     );
@@ -349,16 +340,20 @@ async fn batch_costs_one_mget_one_query_one_write_back() {
 
 /// `DELETE /api/admin/cache/metrics` as an admin.
 async fn reset_metrics(app: &TestApp) -> (u16, Value) {
-    as_admin(app, Method::DELETE, "/api/admin/cache/metrics", &json!({})).await
+    app.as_admin(Method::DELETE, "/api/admin/cache/metrics", &json!({}))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_are_shared_by_instances_and_reset() {
     let target = Target::new(StoreKind::Own).await;
-    let mut c = cache_config(Backend::Sqlite, &target).await;
-    c.redis.metrics_flush_ms = 200;
-    let a = spawn_ready(c.clone()).await;
-    let b = spawn_ready(c).await;
+    let c = TestApp::builder()
+        .with_store(&target)
+        .with(|c| c.redis.metrics_flush_ms = 200)
+        .config()
+        .await;
+    let a = TestApp::spawn_with(c.clone()).await;
+    let b = TestApp::spawn_with(c).await;
     let (s, m) = reset_metrics(&a).await;
     assert_eq!(s, 200);
     assert_eq!(
@@ -367,22 +362,27 @@ async fn metrics_are_shared_by_instances_and_reset() {
     );
 
     let id = UserId::random();
-    create(&a, id, json!({})).await;
-    read(&a, id).await; // miss
+    a.create_profile(id, json!({})).await;
+    a.read_profile(id).await; // miss
     for _ in 0..3 {
-        read(&a, id).await; // hits
+        a.read_profile(id).await; // hits
     }
     for _ in 0..4 {
-        read(&b, id).await; // hits
+        b.read_profile(id).await; // hits
     }
-    read(&b, UserId::random()).await; // miss (not found)
+    b.read_profile(UserId::random()).await; // miss (not found)
     let expect = json!({"hits": 7, "misses": 2, "total": 9, "hit_rate": 77.78});
     // Another instance's counts arrive with its next flush.
     eventually(Duration::from_secs(5), "both instances' counts", || async {
-        json_of(a.get("/api/admin/cache/metrics", &admin()).await)
-            .await
-            .1
-            == expect
+        json_of(
+            a.get(
+                "/api/admin/cache/metrics",
+                &token(UserId::random(), Role::Admin),
+            )
+            .await,
+        )
+        .await
+        .1 == expect
     })
     .await;
     // The counters live in Redis under the documented keys.
@@ -403,12 +403,26 @@ async fn metrics_are_shared_by_instances_and_reset() {
         }
     })
     .await;
-    let (_, m) = json_of(b.get("/api/admin/cache/metrics", &admin()).await).await;
+    let (_, m) = json_of(
+        b.get(
+            "/api/admin/cache/metrics",
+            &token(UserId::random(), Role::Admin),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(m, expect, "every instance reports the shared totals");
 
     let (s, m) = reset_metrics(&b).await;
     assert_eq!((s, m["total"].clone()), (200, json!(0)));
-    let (_, m) = json_of(a.get("/api/admin/cache/metrics", &admin()).await).await;
+    let (_, m) = json_of(
+        a.get(
+            "/api/admin/cache/metrics",
+            &token(UserId::random(), Role::Admin),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(
         m,
         json!({"hits": 0, "misses": 0, "total": 0, "hit_rate": 0.0})
@@ -425,18 +439,36 @@ async fn metrics_are_shared_by_instances_and_reset() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_in_process_without_redis() {
     let target = Target::new(StoreKind::Memory).await;
-    let app = spawn_ready(cache_config(Backend::Sqlite, &target).await).await;
+    let app = TestApp::builder()
+        .with_backend(Backend::Sqlite)
+        .with_store(&target)
+        .spawn()
+        .await;
     let id = UserId::random();
-    create(&app, id, json!({})).await;
+    app.create_profile(id, json!({})).await;
     for _ in 0..4 {
-        read(&app, id).await;
+        app.read_profile(id).await;
     }
-    let (_, m): (u16, Value) = json_of(app.get("/api/admin/cache/metrics", &admin()).await).await;
+    let (_, m): (u16, Value) = json_of(
+        app.get(
+            "/api/admin/cache/metrics",
+            &token(UserId::random(), Role::Admin),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(
         m,
         json!({"hits": 3, "misses": 1, "total": 4, "hit_rate": 75.0})
     );
     reset_metrics(&app).await;
-    let (_, m) = json_of(app.get("/api/admin/cache/metrics", &admin()).await).await;
+    let (_, m) = json_of(
+        app.get(
+            "/api/admin/cache/metrics",
+            &token(UserId::random(), Role::Admin),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(m["total"], 0);
 }

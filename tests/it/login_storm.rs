@@ -4,14 +4,12 @@
 //! (watched from PostgreSQL's own `pg_stat_activity`), a full queue drops records (counted)
 //! instead of waiting, and every login is recorded in the end.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
-use common::redis::{StoreKind, Target, cache_config, eventually, prom_counter, spawn_ready};
-use common::{Backend, TestApp, json_of, token};
+use crate::helpers::redis::{StoreKind, Target};
+use crate::helpers::{Backend, Role, TestApp, eventually, json_of, token_with_login};
 use futures::StreamExt;
 use sqlx::Connection;
 use user_api::domain::UserId;
@@ -19,16 +17,21 @@ use user_api::domain::UserId;
 const USERS: usize = 600;
 
 /// The storm's instance: 4 connections (so the background share is 1), a small queue.
-async fn storm_app(queue_capacity: usize) -> (Target, TestApp, String) {
+async fn storm_app(queue_capacity: usize, batch_size: usize) -> (Target, TestApp, String) {
     let target = Target::new(StoreKind::Shared).await;
-    let mut c = cache_config(Backend::Postgres, &target).await;
-    c.database.max_connections = 4;
-    c.database.acquire_timeout_ms = 2000;
-    c.logins.queue_capacity = queue_capacity;
-    c.logins.batch_size = 100;
-    c.logins.flush_ms = 500;
-    let url = c.database_url.clone();
-    let app = spawn_ready(c).await;
+    let app = TestApp::builder()
+        .with_backend(Backend::Postgres)
+        .with_store(&target)
+        .with(move |c| {
+            c.database.max_connections = 4;
+            c.database.acquire_timeout_ms = 2000;
+            c.logins.queue_capacity = queue_capacity;
+            c.logins.batch_size = batch_size;
+            c.logins.flush_ms = 500;
+        })
+        .spawn()
+        .await;
+    let url = app.config.database_url.clone();
     (target, app, url)
 }
 
@@ -44,7 +47,10 @@ async fn first_requests(app: &TestApp, ids: &[UserId]) -> Vec<u16> {
     futures::stream::iter(ids.iter().copied())
         .map(|id| async move {
             let res = app
-                .get(&format!("/api/profiles/{id}"), &token(id, false))
+                .get(
+                    &format!("/api/profiles/{id}"),
+                    &token_with_login(id, Role::User),
+                )
                 .await;
             res.status().as_u16()
         })
@@ -88,7 +94,7 @@ async fn recorded(db_url: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_login_storm_never_starves_reads() {
-    let (_t, app, db_url) = storm_app(10_000).await;
+    let (_t, app, db_url) = storm_app(10_000, 100).await;
     let ids = seed(&app).await;
     let stop = Arc::new(AtomicBool::new(false));
     let (watcher, most) = watch_login_writes(db_url.clone(), stop.clone());
@@ -118,14 +124,17 @@ async fn a_login_storm_never_starves_reads() {
         "login writes held {most} connections at once; the share is 1"
     );
     assert!(
-        prom_counter(&app, "db_queries_total{op=\"record_logins\"}").await < USERS as u64 / 10,
+        app.prom_counter("db_queries_total{op=\"record_logins\"}")
+            .await
+            < USERS as u64 / 10,
         "records are written in batches, not one statement per user"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_login_queue_drops_and_counts_and_the_next_request_records() {
-    let (_t, app, db_url) = storm_app(8).await;
+    // One record per statement, a queue of 1: the queue is full while each is written.
+    let (_t, app, db_url) = storm_app(1, 1).await;
     let ids = seed(&app).await;
     let statuses = first_requests(&app, &ids).await;
     assert!(
@@ -133,10 +142,10 @@ async fn a_full_login_queue_drops_and_counts_and_the_next_request_records() {
         "no request waits on the queue"
     );
     let metrics = app.metrics().await;
-    let dropped = prom_counter(&app, "login_records_dropped_total").await;
+    let dropped = app.prom_counter("login_records_dropped_total").await;
     assert!(
         dropped > 0,
-        "a queue of 8 overflows in a storm of {USERS}: {metrics:.0}"
+        "a queue of 1 overflows in a storm of {USERS}: {metrics:.0}"
     );
     // Dropped users were not remembered as recorded: their next requests offer it again.
     for _ in 0..10 {

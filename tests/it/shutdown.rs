@@ -4,15 +4,13 @@
 //! Both are held back on purpose (flushes every 10 minutes) so that only the shutdown
 //! can have written them.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::helpers::redis::RedisServer;
 use ::redis::AsyncCommands;
-use common::redis::RedisServer;
 use serde_json::{Value, json};
 use sqlx::Connection;
 use user_api::domain::UserId;
@@ -30,14 +28,16 @@ fn free_port() -> u16 {
 /// A token with `iat`, as the auth service issues them: its first use records a login.
 fn login_token(id: UserId) -> String {
     let now = chrono::Utc::now().timestamp();
-    common::sign(&json!({"sub": id.to_string(), "role": "user", "iat": now, "exp": now + 3600}))
+    crate::helpers::sign(
+        &json!({"sub": id.to_string(), "role": "user", "iat": now, "exp": now + 3600}),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_mid_load_loses_no_counts_and_no_logins() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let redis = RedisServer::start().await;
-    let db_url = common::db::fresh_postgres_url().await;
+    let db_url = crate::helpers::db::fresh_postgres_url().await;
     // The schema and the users, with no login recorded yet.
     let repo = user_api::db::connect(&db_url, &user_api::pool_options(&Default::default()))
         .await
@@ -58,7 +58,7 @@ async fn sigterm_mid_load_loses_no_counts_and_no_logins() {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", &db_url)
         .env("REDIS_URL", redis.url())
-        .env("JWT_PUBLIC_KEY_FILE", &common::keys().public_file)
+        .env("JWT_PUBLIC_KEY_FILE", &crate::helpers::keys().public_file)
         .env("USER_API_ADDR", format!("127.0.0.1:{port}"))
         .env("PREWARM", "0")
         .env("USER_API__LOGINS__FLUSH_MS", "600000")

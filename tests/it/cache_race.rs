@@ -9,16 +9,14 @@
 //! an unguarded fill is caught within seconds. The in-process variant cannot widen the
 //! window (no network); it checks the same protocol on the other store.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::redis::{
-    DelayProxy, StoreKind, Target, cache_config, create, host_port, raw, read, spawn_ready, tok,
-};
-use common::{Backend, json_of};
+use rstest::rstest;
+
+use crate::helpers::redis::{DelayProxy, StoreKind, Target, raw};
+use crate::helpers::{Backend, Role, TestApp, json_of, token};
 use reqwest::Method;
 use serde_json::{Value, json};
 use user_api::domain::UserId;
@@ -29,41 +27,32 @@ const MIN_WRITES: u64 = 60;
 const MAX_RUN: Duration = Duration::from_secs(25);
 const READERS: usize = 8;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn no_stale_reads_shared_redis_postgres() {
-    race(StoreKind::Shared, Backend::Postgres).await
-}
-
-/// On the cluster the nodes announce their own addresses, so no delaying proxy: this run
+/// On the cluster the nodes announce their own addresses, so no delaying proxy: that run
 /// shows the protocol holds there (fills are per-slot scripts), not that it is needed.
+#[rstest]
+#[case::shared_redis_postgres(StoreKind::Shared, Backend::Postgres)]
+#[case::cluster_postgres(StoreKind::Cluster, Backend::Postgres)]
+#[case::memory_sqlite(StoreKind::Memory, Backend::Sqlite)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn no_stale_reads_cluster_postgres() {
-    race(StoreKind::Cluster, Backend::Postgres).await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn no_stale_reads_memory_sqlite() {
-    race(StoreKind::Memory, Backend::Sqlite).await
-}
-
-async fn race(kind: StoreKind, backend: Backend) {
+async fn no_stale_reads(#[case] kind: StoreKind, #[case] backend: Backend) {
     let target = Target::new(kind).await;
-    let config = cache_config(backend, &target).await;
-    let writer_app = Arc::new(spawn_ready(config.clone()).await);
+    let config = TestApp::builder()
+        .with_backend(backend)
+        .with_store(&target)
+        .config()
+        .await;
+    let writer_app = Arc::new(TestApp::spawn_with(config.clone()).await);
     let mut _proxy = None;
     let app = match &config.redis_url {
-        Some(url) => {
-            let proxy = DelayProxy::start(host_port(url), Duration::from_millis(15)).await;
-            let mut far = config.clone();
-            far.redis_url = Some(proxy.url_for(url));
-            far.redis.timeout_ms = 1000;
+        Some(_) => {
+            let (proxy, far) = DelayProxy::in_front_of(&config, Duration::from_millis(15)).await;
             _proxy = Some(proxy);
-            Arc::new(spawn_ready(far).await)
+            Arc::new(TestApp::spawn_with(far).await)
         }
         None => writer_app.clone(),
     };
     let id = UserId::random();
-    create(&writer_app, id, json!({"name": "0"})).await;
+    writer_app.create_profile(id, json!({"name": "0"})).await;
 
     // The highest version whose PUT has been acknowledged.
     let acked = Arc::new(AtomicU64::new(0));
@@ -72,7 +61,7 @@ async fn race(kind: StoreKind, backend: Backend) {
     let writer = {
         let (app, acked, done) = (writer_app.clone(), acked.clone(), done.clone());
         tokio::spawn(async move {
-            let owner = tok(id, false);
+            let owner = token(id, Role::User);
             let start = Instant::now();
             let mut n = 0u64;
             while start.elapsed() < RUN_FOR || (n < MIN_WRITES && start.elapsed() < MAX_RUN) {
@@ -105,7 +94,7 @@ async fn race(kind: StoreKind, backend: Backend) {
             let mut worst = String::new();
             while !done.load(Ordering::SeqCst) {
                 let floor = acked.load(Ordering::SeqCst);
-                let (s, body) = read(&app, id).await;
+                let (s, body) = app.read_profile(id).await;
                 assert_eq!(s, 200);
                 let seen: u64 = body["profile"]["name"].as_str().unwrap().parse().unwrap();
                 reads += 1;
@@ -147,9 +136,9 @@ async fn race(kind: StoreKind, backend: Backend) {
     );
 
     // The cache agrees with the database: after a read, the entry is the row.
-    let (_, last) = read(&app, id).await;
+    let (_, last) = app.read_profile(id).await;
     assert_eq!(last["profile"]["name"], writes.to_string());
-    let (_, last) = read(&app, id).await;
+    let (_, last) = app.read_profile(id).await;
     assert_eq!(last["cached"], true);
     let mut entry: Value =
         serde_json::from_str(&raw(&app, &format!("cache:profile:{id}")).await.unwrap()).unwrap();
@@ -161,7 +150,7 @@ async fn race(kind: StoreKind, backend: Backend) {
         "cache equals the database row"
     );
     let (s, _) = json_of(
-        app.get(&format!("/api/profiles/{id}"), &tok(id, false))
+        app.get(&format!("/api/profiles/{id}"), &token(id, Role::User))
             .await,
     )
     .await;

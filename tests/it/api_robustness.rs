@@ -17,18 +17,18 @@
 //! broken at the HTTP level itself (control bytes in headers, over 100 headers, a URI over
 //! 64 KiB) may be refused by hyper before the application runs: an empty-bodied 4xx or a
 //! closed connection is accepted for those only, never a 5xx or a hang.
-//! Reproduce a barrage failure with `ROBUSTNESS_SEED=<seed> cargo nextest run --test api_robustness`
+//! Reproduce a barrage failure with `ROBUSTNESS_SEED=<seed> cargo nextest run api_robustness::`
 //! (the seed is printed in the failure message).
-
-mod common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use rstest::rstest;
+
+use crate::helpers::redis::{StoreKind, Target};
+use crate::helpers::{Backend, Role, TestApp, keys, sign, token};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::redis::RedisServer;
-use common::{Backend, TestApp, keys, sign, test_config};
 use futures::StreamExt;
 use rand::distr::{Alphanumeric, SampleString};
 use rand::rngs::StdRng;
@@ -466,13 +466,6 @@ async fn send_all(addr: SocketAddr, reqs: &[Req]) -> Vec<Outcome> {
 // The world the requests run in: users, tokens, markers, routes.
 // ---------------------------------------------------------------------------------------
 
-/// A token signed by the test key, without `iat` (so no background `last_login` write
-/// races the comparisons below).
-fn tok(sub: UserId, role: &str) -> String {
-    let now = chrono::Utc::now().timestamp();
-    sign(&json!({"sub": sub.to_string(), "role": role, "exp": now + 3600, "token_type": "access"}))
-}
-
 struct World {
     app: TestApp,
     addr: SocketAddr,
@@ -493,7 +486,7 @@ struct World {
     /// (template, method) of the operations that document a request body.
     body_routes: Vec<(String, String)>,
     /// Keeps a test-owned Redis alive for the app's lifetime.
-    _redis: Option<RedisServer>,
+    _store: Target,
 }
 
 /// A profile whose every text field carries `marker`, so any leak of it is searchable.
@@ -517,21 +510,17 @@ async fn admin_call(
     path: &str,
     body: Value,
 ) -> (u16, Value) {
-    common::json_of(world_app.send_json(method, path, admin, &body).await).await
+    crate::helpers::json_of(world_app.send_json(method, path, admin, &body).await).await
 }
 
 impl World {
-    async fn build(backend: Backend, with_redis: bool) -> Self {
-        let mut config = test_config(backend).await;
-        let redis = if with_redis {
-            let server = RedisServer::start().await;
-            config.redis_url = Some(server.url());
-            config.redis.timeout_ms = 1000;
-            Some(server)
-        } else {
-            None
-        };
-        let app = TestApp::spawn_with(config).await;
+    async fn build(backend: Backend, store: StoreKind) -> Self {
+        let target = Target::new(store).await;
+        let app = TestApp::builder()
+            .with_backend(backend)
+            .with_store(&target)
+            .spawn()
+            .await;
         let addr: SocketAddr = app.base.trim_start_matches("http://").parse().unwrap();
         let (victim, other, player, fresh) = (
             UserId::random(),
@@ -539,7 +528,7 @@ impl World {
             UserId::random(),
             UserId::random(),
         );
-        let admin_token = tok(UserId::random(), "admin");
+        let admin_token = token(UserId::random(), Role::Admin);
         let tag = uuid::Uuid::new_v4().simple().to_string();
         let victim_marker = format!("mkvictim{}", &tag[..12]);
         let other_marker = format!("mkother{}", &tag[12..24]);
@@ -570,7 +559,7 @@ impl World {
                 assert_eq!(s, 200, "seed {kind}: {b}");
             }
         }
-        let other_token = tok(other, "user");
+        let other_token = token(other, Role::User);
         let junk_tokens = junk_tokens(victim, &other_token);
         let (routes, body_routes) = openapi_routes(&app).await;
         Self {
@@ -580,8 +569,8 @@ impl World {
             player,
             fresh,
             admin_token,
-            player_token: tok(player, "user"),
-            fresh_token: tok(fresh, "user"),
+            player_token: token(player, Role::User),
+            fresh_token: token(fresh, Role::User),
             other_token,
             junk_tokens,
             markers: vec![
@@ -592,7 +581,7 @@ impl World {
             routes,
             body_routes,
             app,
-            _redis: redis,
+            _store: target,
         }
     }
 
@@ -717,7 +706,7 @@ fn junk_tokens(victim: UserId, valid: &str) -> Vec<Vec<u8>> {
 /// Route templates with their documented methods, and the operations that take a body,
 /// from the OpenAPI document.
 async fn openapi_routes(app: &TestApp) -> (Vec<(String, Vec<String>)>, Vec<(String, String)>) {
-    let (s, doc) = common::json_of(app.get_anonymous("/openapi.json").await).await;
+    let (s, doc) = crate::helpers::json_of(app.get_anonymous("/openapi.json").await).await;
     assert_eq!(s, 200);
     let paths = doc["paths"].as_object().expect("openapi paths");
     let routes: Vec<(String, Vec<String>)> = paths
@@ -1598,9 +1587,14 @@ async fn checks_catch_what_they_should(world: &World) {
     }
 }
 
-async fn barrage(backend: Backend, with_redis: bool, count: usize) {
+/// PostgreSQL with a Redis node of its own, and SQLite with the in-process store.
+#[rstest]
+#[case::postgres_with_redis(Backend::Postgres, StoreKind::Own, 700)]
+#[case::sqlite(Backend::Sqlite, StoreKind::Memory, 300)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_barrage(#[case] backend: Backend, #[case] store: StoreKind, #[case] count: usize) {
     let seed = seed();
-    let world = World::build(backend, with_redis).await;
+    let world = World::build(backend, store).await;
     let victim_before = world.stored(world.victim).await;
 
     let mut generator = Gen {
@@ -1648,16 +1642,6 @@ async fn barrage(backend: Backend, with_redis: bool, count: usize) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn junk_barrage_postgres_with_redis() {
-    barrage(Backend::Postgres, true, 700).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn junk_barrage_sqlite() {
-    barrage(Backend::Sqlite, false, 300).await;
-}
-
 /// Ids that are not a canonical UUID once percent-decoded, but still one path segment:
 /// SPEC 6 wants 422 for each (and they must never reach a store).
 const NOT_UUIDS: &[&str] = &[
@@ -1694,7 +1678,7 @@ const NOT_UUIDS: &[&str] = &[
 /// 422 JSON (403 for a user on an admin-only route), never anything else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_ids_on_every_route_are_422_json() {
-    let world = World::build(Backend::Postgres, false).await;
+    let world = World::build(Backend::Postgres, StoreKind::Memory).await;
     let long_ids = ["a".repeat(10 * 1024), "%41".repeat(3500)];
     let ids: Vec<&str> = NOT_UUIDS
         .iter()
@@ -1747,7 +1731,7 @@ async fn malformed_ids_on_every_route_are_422_json() {
 /// or refused with a 4xx; never a 5xx, never someone else's data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_strings_on_every_route() {
-    let world = World::build(Backend::Postgres, false).await;
+    let world = World::build(Backend::Postgres, StoreKind::Memory).await;
     let queries = [
         String::new(),
         "?".into(),
@@ -1838,7 +1822,7 @@ async fn query_strings_on_every_route() {
 /// is 413 JSON, whether sized or chunked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_around_64_kib() {
-    let world = World::build(Backend::Postgres, false).await;
+    let world = World::build(Backend::Postgres, StoreKind::Memory).await;
     let mut reqs = Vec::new();
     let mut over = Vec::new();
     assert!(world.body_routes.len() >= 7, "{:?}", world.body_routes);
@@ -1898,7 +1882,7 @@ async fn bodies_around_64_kib() {
 /// broken at the HTTP level: never a 5xx, never a crash, never a privilege mix-up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_and_wire_edge_cases() {
-    let world = World::build(Backend::Postgres, false).await;
+    let world = World::build(Backend::Postgres, StoreKind::Memory).await;
     let victim_before = world.stored(world.victim).await;
     let me = "/api/profiles/me";
     let other = world.other_token.as_str();
@@ -2098,8 +2082,10 @@ fn carries(r: &Resp, kind: &str, expected: &Value) -> bool {
 /// Settings and preferences holding extreme numbers and deep nesting: each write is stored
 /// and read back exactly (database, cache and answer agree) or refused with a 4xx that
 /// leaves the previous document in place; never a 5xx.
-async fn extreme_documents(backend: Backend) {
-    let world = World::build(backend, false).await;
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extreme_documents(#[values(Backend::Postgres, Backend::Sqlite)] backend: Backend) {
+    let world = World::build(backend, StoreKind::Memory).await;
     let id = world.other;
     let token = world.other_token.as_str();
     let deep = |depth: usize| {
@@ -2208,25 +2194,19 @@ async fn extreme_documents(backend: Backend) {
     report(&format!("{backend:?} extreme documents"), &failures, "");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn extreme_documents_postgres() {
-    extreme_documents(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn extreme_documents_sqlite() {
-    extreme_documents(Backend::Sqlite).await;
-}
-
 /// `GET /profile` creates the caller's profile on first use (SPEC 3). Many first requests at
 /// once must all get it, the same one: none may answer 404 because a racing request created
 /// it first.
-async fn concurrent_first_use_of_get_profile(backend: Backend) {
-    let world = World::build(backend, false).await;
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_use_of_get_profile(
+    #[values(Backend::Postgres, Backend::Sqlite)] backend: Backend,
+) {
+    let world = World::build(backend, StoreKind::Memory).await;
     let mut failures = Vec::new();
     for round in 0..50 {
         let user = UserId::random();
-        let token = tok(user, "user");
+        let token = token(user, Role::User);
         let reqs: Vec<Req> = (0..CONCURRENCY)
             .map(|_| Req::new("GET", "/profile", Who::Fresh).auth(&token))
             .collect();
@@ -2270,14 +2250,4 @@ async fn concurrent_first_use_of_get_profile(backend: Backend) {
         &failures,
         "",
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_first_use_of_get_profile_postgres() {
-    concurrent_first_use_of_get_profile(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_first_use_of_get_profile_sqlite() {
-    concurrent_first_use_of_get_profile(Backend::Sqlite).await;
 }

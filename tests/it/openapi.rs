@@ -1,14 +1,15 @@
 //! The OpenAPI document describes every answer a route can give, so clients and
 //! schemathesis (scripts/schemathesis.sh) can rely on it.
 
-mod common;
-
-use common::{Backend, TestApp};
+use crate::helpers::{Backend, TestApp};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_protected_operation_documents_its_error_answers() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
+    let app = TestApp::builder()
+        .with_backend(Backend::Sqlite)
+        .spawn()
+        .await;
     let doc: Value = app
         .get_anonymous("/openapi.json")
         .await

@@ -1,14 +1,12 @@
 //! A database that goes away answers 503 with a JSON error quickly, never hangs, and the
 //! service recovers by itself. PostgreSQL is reached through a TCP relay the test can cut.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Backend, TestApp, json_of, test_config, token};
+use crate::helpers::{Backend, Role, TestApp, json_of, token};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -100,7 +98,10 @@ impl Relay {
 
 /// An app on a fresh PostgreSQL database reached through a relay, with `tune` applied.
 async fn app_via_relay(tune: impl FnOnce(&mut user_api::config::Config)) -> (Relay, TestApp) {
-    let mut cfg = test_config(Backend::Postgres).await;
+    let mut cfg = TestApp::builder()
+        .with_backend(Backend::Postgres)
+        .config()
+        .await;
     let url = url::Url::parse(&cfg.database_url).unwrap();
     let relay = Relay::start(format!(
         "{}:{}",
@@ -145,7 +146,7 @@ async fn database_outage_is_503_and_recovers() {
     .await;
 
     let id = UserId::random();
-    let t = token(id, false);
+    let t = token(id, Role::User);
     app.create_profile(id, json!({"name": "before"})).await;
     let path = format!("/api/profiles/{id}");
 
@@ -207,7 +208,7 @@ async fn hanging_database_is_bounded_by_the_request_timeout() {
     })
     .await;
     let id = UserId::random();
-    let t = token(id, false);
+    let t = token(id, Role::User);
     app.create_profile(id, json!({"name": "x"})).await;
     let path = format!("/api/profiles/{id}");
 

@@ -1,17 +1,18 @@
 //! Request ids: the client's `X-Request-Id` (when sane) or a new one comes back on the
 //! answer and is on every log line written while the request is handled.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Backend, TestApp};
+use crate::helpers::{Backend, TestApp};
 
 #[tokio::test]
 async fn ids_are_kept_generated_or_replaced_and_echoed() {
-    let app = TestApp::spawn(Backend::Sqlite).await;
+    let app = TestApp::builder()
+        .with_backend(Backend::Sqlite)
+        .spawn()
+        .await;
     let get = |id: Option<&str>| {
         let mut r = app.client.get(app.url("/health"));
         if let Some(id) = id {
@@ -66,7 +67,7 @@ async fn every_log_line_of_a_request_carries_its_id() {
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("USER_API_ADDR", format!("127.0.0.1:{port}"))
-        .env("JWT_PUBLIC_KEY_FILE", &common::keys().public_file)
+        .env("JWT_PUBLIC_KEY_FILE", &crate::helpers::keys().public_file)
         .env("USER_API__SERVER__LOG_FORMAT", "json")
         .env("RUST_LOG", "debug")
         .stdout(Stdio::null())

@@ -3,65 +3,40 @@
 //! SQLite). Keys are inspected through the app's own store, so every assertion holds on
 //! all three.
 
-mod common;
-
 use std::time::Duration;
 
-use common::redis::{
-    StoreKind, Target, admin, as_admin, cache_config, create, eventually, is_invalidated,
-    is_tombstoned, missing_key, raw, raw_ttl, read, spawn_ready, tok,
+use rstest::rstest;
+
+use crate::helpers::redis::{
+    StoreKind, Target, is_invalidated, is_tombstoned, missing_key, raw, raw_ttl,
 };
-use common::{Backend, TestApp, json_of};
+use crate::helpers::{Backend, Role, TestApp, eventually, json_of, token};
 use reqwest::Method;
 use serde_json::{Value, json};
+use user_api::config::Config;
 use user_api::domain::{Profile, UserId};
 
-/// Generates one test per store for each listed async fn.
-macro_rules! on_every_store {
-    ($($name:ident),* $(,)?) => {
-        mod shared_redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(crate::common::redis::StoreKind::Shared, crate::common::Backend::Postgres).await
-                }
-            )*
-        }
-        mod cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(crate::common::redis::StoreKind::Cluster, crate::common::Backend::Sqlite).await
-                }
-            )*
-        }
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(crate::common::redis::StoreKind::Memory, crate::common::Backend::Sqlite).await
-                }
-            )*
-        }
-    };
+/// The database each store is tested with: the shared Redis with PostgreSQL, the others
+/// with SQLite, so that both backends meet the cache.
+fn backend_for(kind: StoreKind) -> Backend {
+    match kind {
+        StoreKind::Shared => Backend::Postgres,
+        _ => Backend::Sqlite,
+    }
 }
 
-on_every_store!(
-    hit_and_miss_shapes,
-    every_write_invalidates,
-    delete_and_admin_invalidate_remove_all_keys,
-    tombstones_are_short_and_create_removes_them,
-    ttl_never_exceeds_the_configured_one,
-    documents_are_cached,
-    batch_counts_and_write_back,
-    prewarm_via_admin_route,
-    prewarm_at_start,
-    admin_routes_are_admin_only,
-);
-
-async fn setup(kind: StoreKind, backend: Backend) -> (Target, TestApp) {
+/// A service on `kind`'s store (and database), with `tweak` applied to its configuration.
+async fn setup(
+    kind: StoreKind,
+    tweak: impl FnOnce(&mut Config) + Send + 'static,
+) -> (Target, TestApp) {
     let target = Target::new(kind).await;
-    let app = spawn_ready(cache_config(backend, &target).await).await;
+    let app = TestApp::builder()
+        .with_backend(backend_for(kind))
+        .with_store(&target)
+        .with(tweak)
+        .spawn()
+        .await;
     (target, app)
 }
 
@@ -69,17 +44,21 @@ fn key(id: UserId) -> String {
     format!("cache:profile:{id}")
 }
 
-async fn hit_and_miss_shapes(kind: StoreKind, backend: Backend) {
-    let (_t, app) = setup(kind, backend).await;
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hit_and_miss_shapes(
+    #[values(StoreKind::Shared, StoreKind::Cluster, StoreKind::Memory)] kind: StoreKind,
+) {
+    let (_t, app) = setup(kind, |_| {}).await;
     let id = UserId::random();
-    let created = create(
-        &app,
-        id,
-        json!({"name": "山田太郎", "email": format!("{id}@example.com")}),
-    )
-    .await;
+    let created = app
+        .create_profile(
+            id,
+            json!({"name": "山田太郎", "email": format!("{id}@example.com")}),
+        )
+        .await;
 
-    let (s, miss) = read(&app, id).await;
+    let (s, miss) = app.read_profile(id).await;
     assert_eq!(s, 200);
     assert_eq!(miss["cached"], false, "{miss}");
     assert!(
@@ -89,7 +68,7 @@ async fn hit_and_miss_shapes(kind: StoreKind, backend: Backend) {
     assert!(miss["profile"].get("cached_at").is_none());
     assert_eq!(miss["profile"], created);
 
-    let (s, hit) = read(&app, id).await;
+    let (s, hit) = app.read_profile(id).await;
     assert_eq!(s, 200);
     assert_eq!(hit["cached"], true, "{hit}");
     let at = hit["cached_at"].as_str().expect("cached_at on a hit");
@@ -106,23 +85,27 @@ async fn hit_and_miss_shapes(kind: StoreKind, backend: Backend) {
     assert_eq!(entry["user_id"], id.to_string());
 
     // /me shares the cache.
-    let (s, me) = json_of(app.get("/api/profiles/me", &tok(id, false)).await).await;
+    let (s, me) = json_of(app.get("/api/profiles/me", &token(id, Role::User)).await).await;
     assert_eq!(s, 200);
     assert_eq!(me["cached"], true);
 }
 
 /// Warms the cache for `id` and checks the entry is there.
 async fn warm(app: &TestApp, id: UserId) {
-    read(app, id).await;
-    let (_, b) = read(app, id).await;
+    app.read_profile(id).await;
+    let (_, b) = app.read_profile(id).await;
     assert_eq!(b["cached"], true, "warm: {b}");
 }
 
-async fn every_write_invalidates(kind: StoreKind, backend: Backend) {
-    let (_t, app) = setup(kind, backend).await;
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_invalidates(
+    #[values(StoreKind::Shared, StoreKind::Cluster, StoreKind::Memory)] kind: StoreKind,
+) {
+    let (_t, app) = setup(kind, |_| {}).await;
     let id = UserId::random();
-    let owner = tok(id, false);
-    create(&app, id, json!({"name": "v0"})).await;
+    let owner = token(id, Role::User);
+    app.create_profile(id, json!({"name": "v0"})).await;
     let path = format!("/api/profiles/{id}");
 
     let writes: Vec<(&str, Method, String, Value)> = vec![
@@ -146,13 +129,13 @@ async fn every_write_invalidates(kind: StoreKind, backend: Backend) {
         let res = app.send_json(method, &p, &owner, &body).await;
         assert_eq!(res.status(), 200, "{what}");
         assert!(is_invalidated(&app, &key(id)).await, "{what} invalidates");
-        let (_, after) = read(&app, id).await;
+        let (_, after) = app.read_profile(id).await;
         assert_eq!(
             after["cached"], false,
             "{what}: first read after a write is a miss"
         );
         assert_eq!(after["profile"]["name"], body["name"], "{what}");
-        let (_, again) = read(&app, id).await;
+        let (_, again) = app.read_profile(id).await;
         assert_eq!(again["cached"], true);
         assert_eq!(again["profile"]["name"], body["name"]);
     }
@@ -168,7 +151,7 @@ async fn every_write_invalidates(kind: StoreKind, backend: Backend) {
         is_invalidated(&app, &key(id)).await,
         "record_login invalidates"
     );
-    let (_, after) = read(&app, id).await;
+    let (_, after) = app.read_profile(id).await;
     assert_eq!(after["cached"], false);
     assert!(after["profile"]["last_login"].is_string());
 
@@ -178,8 +161,12 @@ async fn every_write_invalidates(kind: StoreKind, backend: Backend) {
     assert_eq!(own["name"], "v4");
 }
 
-async fn delete_and_admin_invalidate_remove_all_keys(kind: StoreKind, backend: Backend) {
-    let (_t, app) = setup(kind, backend).await;
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_and_admin_invalidate_remove_all_keys(
+    #[values(StoreKind::Shared, StoreKind::Cluster, StoreKind::Memory)] kind: StoreKind,
+) {
+    let (_t, app) = setup(kind, |_| {}).await;
     let keys = |id: UserId| {
         [
             key(id),
@@ -189,8 +176,8 @@ async fn delete_and_admin_invalidate_remove_all_keys(kind: StoreKind, backend: B
     };
     for how in ["delete", "admin"] {
         let id = UserId::random();
-        let owner = tok(id, false);
-        create(&app, id, json!({})).await;
+        let owner = token(id, Role::User);
+        app.create_profile(id, json!({})).await;
         warm(&app, id).await;
         for doc in ["settings", "preferences"] {
             let p = format!("/api/profiles/{id}/{doc}");
@@ -209,28 +196,32 @@ async fn delete_and_admin_invalidate_remove_all_keys(kind: StoreKind, backend: B
             let res = app.delete(&format!("/api/profiles/{id}"), &owner).await;
             assert_eq!(res.status(), 204);
         } else {
-            let (s, body) = as_admin(
-                &app,
-                Method::POST,
-                &format!("/api/admin/cache/invalidate/{id}"),
-                &json!({}),
-            )
-            .await;
+            let (s, body) = app
+                .as_admin(
+                    Method::POST,
+                    &format!("/api/admin/cache/invalidate/{id}"),
+                    &json!({}),
+                )
+                .await;
             assert_eq!(s, 200, "{body}");
             assert_eq!(body["invalidated"].as_array().unwrap().len(), 3);
         }
         for k in keys(id) {
             assert!(is_invalidated(&app, &k).await, "{how}: {k} invalidated");
         }
-        let (s, _) = read(&app, id).await;
+        let (s, _) = app.read_profile(id).await;
         assert_eq!(s, if how == "delete" { 404 } else { 200 }, "{how}");
     }
 }
 
-async fn tombstones_are_short_and_create_removes_them(kind: StoreKind, backend: Backend) {
-    let (_t, app) = setup(kind, backend).await;
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tombstones_are_short_and_create_removes_them(
+    #[values(StoreKind::Shared, StoreKind::Cluster, StoreKind::Memory)] kind: StoreKind,
+) {
+    let (_t, app) = setup(kind, |_| {}).await;
     let id = UserId::random();
-    let (s, _) = read(&app, id).await;
+    let (s, _) = app.read_profile(id).await;
     assert_eq!(s, 404);
     assert!(is_tombstoned(&app, &key(id)).await, "a tombstone");
     let ttl = raw_ttl(&app, &missing_key(&key(id))).await;
@@ -238,26 +229,32 @@ async fn tombstones_are_short_and_create_removes_them(kind: StoreKind, backend: 
         ttl <= Duration::from_secs(30) && ttl > Duration::from_secs(25),
         "{ttl:?}"
     );
-    let (s, _) = read(&app, id).await;
+    let (s, _) = app.read_profile(id).await;
     assert_eq!(s, 404, "the tombstone answers");
     // Documents of a missing profile are remembered too…
     let (s, _) = json_of(
-        app.get(&format!("/api/profiles/{id}/settings"), &admin())
-            .await,
+        app.get(
+            &format!("/api/profiles/{id}/settings"),
+            &token(UserId::random(), Role::Admin),
+        )
+        .await,
     )
     .await;
     assert_eq!(s, 404);
     assert!(is_tombstoned(&app, &format!("cache:settings:{id}")).await);
     // …and a create removes every tombstone of the user at once.
-    create(&app, id, json!({"name": "born"})).await;
+    app.create_profile(id, json!({"name": "born"})).await;
     assert!(is_invalidated(&app, &key(id)).await);
     assert!(!is_tombstoned(&app, &format!("cache:settings:{id}")).await);
-    let (s, b) = read(&app, id).await;
+    let (s, b) = app.read_profile(id).await;
     assert_eq!(s, 200);
     assert_eq!(b["profile"]["name"], "born");
     let (s, b) = json_of(
-        app.get(&format!("/api/profiles/{id}/settings"), &admin())
-            .await,
+        app.get(
+            &format!("/api/profiles/{id}/settings"),
+            &token(UserId::random(), Role::Admin),
+        )
+        .await,
     )
     .await;
     assert_eq!(s, 200, "{b}");
@@ -266,25 +263,29 @@ async fn tombstones_are_short_and_create_removes_them(kind: StoreKind, backend: 
     // A configured shorter negative TTL is honoured.
     let mut c = app.config.clone();
     c.cache.negative_ttl_secs = 2;
-    let app2 = spawn_ready(c).await;
+    let app2 = TestApp::spawn_with(c).await;
     let other = UserId::random();
-    read(&app2, other).await;
+    app2.read_profile(other).await;
     let ttl = raw_ttl(&app2, &missing_key(&key(other))).await;
     assert!(ttl <= Duration::from_secs(2), "{ttl:?}");
 }
 
-async fn ttl_never_exceeds_the_configured_one(kind: StoreKind, backend: Backend) {
-    let target = Target::new(kind).await;
-    let mut c = cache_config(backend, &target).await;
-    c.cache.ttl_secs = 60;
-    c.cache.refresh_ahead_secs = 5;
-    c.cache.jitter_percent = 20;
-    let app = spawn_ready(c).await;
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_never_exceeds_the_configured_one(
+    #[values(StoreKind::Shared, StoreKind::Cluster, StoreKind::Memory)] kind: StoreKind,
+) {
+    let (_t, app) = setup(kind, |c| {
+        c.cache.ttl_secs = 60;
+        c.cache.refresh_ahead_secs = 5;
+        c.cache.jitter_percent = 20;
+    })
+    .await;
     let mut ttls = Vec::new();
     for _ in 0..12 {
         let id = UserId::random();
-        create(&app, id, json!({})).await;
-        read(&app, id).await;
+        app.create_profile(id, json!({})).await;
+        app.read_profile(id).await;
         let ttl = raw_ttl(&app, &key(id)).await;
         assert!(
             ttl <= Duration::from_secs(60),
@@ -301,11 +302,15 @@ async fn ttl_never_exceeds_the_configured_one(kind: StoreKind, backend: Backend)
     assert!(ttls.len() > 1, "jitter spreads expiries: {ttls:?}");
 }
 
-async fn documents_are_cached(kind: StoreKind, backend: Backend) {
-    let (_t, app) = setup(kind, backend).await;
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_are_cached(
+    #[values(StoreKind::Shared, StoreKind::Cluster, StoreKind::Memory)] kind: StoreKind,
+) {
+    let (_t, app) = setup(kind, |_| {}).await;
     let id = UserId::random();
-    let owner = tok(id, false);
-    create(&app, id, json!({})).await;
+    let owner = token(id, Role::User);
+    app.create_profile(id, json!({})).await;
     for doc in ["settings", "preferences"] {
         let p = format!("/api/profiles/{id}/{doc}");
         let (s, b) = json_of(app.get(&p, &owner).await).await;
@@ -333,16 +338,21 @@ async fn documents_are_cached(kind: StoreKind, backend: Backend) {
         assert_eq!((b["cached"].clone(), b[doc].clone()), (json!(true), body));
     }
     // The profile entry was never touched by the document writes.
-    read(&app, id).await;
-    let (_, b) = read(&app, id).await;
+    app.read_profile(id).await;
+    let (_, b) = app.read_profile(id).await;
     assert_eq!(b["cached"], true);
 }
 
-async fn batch_counts_and_write_back(kind: StoreKind, backend: Backend) {
-    let (_t, app) = setup(kind, backend).await;
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_counts_and_write_back(
+    #[values(StoreKind::Shared, StoreKind::Cluster, StoreKind::Memory)] kind: StoreKind,
+) {
+    let (_t, app) = setup(kind, |_| {}).await;
     let ids: Vec<UserId> = (0..6).map(|_| UserId::random()).collect();
     for id in &ids[..5] {
-        create(&app, *id, json!({"name": id.to_string()})).await;
+        app.create_profile(*id, json!({"name": id.to_string()}))
+            .await;
     }
     for id in &ids[..2] {
         warm(&app, *id).await;
@@ -354,7 +364,8 @@ async fn batch_counts_and_write_back(kind: StoreKind, backend: Backend) {
     sent.push(ids[3].to_string());
     let app = &app;
     let post = |body: Value| async move {
-        as_admin(app, Method::POST, "/api/profiles/batch", &body).await
+        app.as_admin(Method::POST, "/api/profiles/batch", &body)
+            .await
     };
     let (s, b) = post(json!(sent)).await;
     assert_eq!(s, 200, "{b}");
@@ -393,7 +404,7 @@ async fn batch_counts_and_write_back(kind: StoreKind, backend: Backend) {
     assert_eq!(b["not_found"], json!([unknown.to_string()]));
 
     // A single read after a batch fill is a hit.
-    let (_, r) = read(app, ids[4]).await;
+    let (_, r) = app.read_profile(ids[4]).await;
     assert_eq!(r["cached"], true);
 }
 
@@ -432,15 +443,20 @@ async fn seed_recent(app: &TestApp, n: usize) -> Vec<UserId> {
 
 /// `POST /api/admin/cache/prewarm` as an admin.
 async fn prewarm(app: &TestApp) -> (u16, Value) {
-    as_admin(app, Method::POST, "/api/admin/cache/prewarm", &json!({})).await
+    app.as_admin(Method::POST, "/api/admin/cache/prewarm", &json!({}))
+        .await
 }
 
-async fn prewarm_via_admin_route(kind: StoreKind, backend: Backend) {
-    let target = Target::new(kind).await;
-    let mut c = cache_config(backend, &target).await;
-    c.prewarm.max = 7;
-    c.prewarm.batch_size = 3;
-    let app = spawn_ready(c).await;
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prewarm_via_admin_route(
+    #[values(StoreKind::Shared, StoreKind::Cluster, StoreKind::Memory)] kind: StoreKind,
+) {
+    let (_t, app) = setup(kind, |c| {
+        c.prewarm.max = 7;
+        c.prewarm.batch_size = 3;
+    })
+    .await;
     let ids = seed_recent(&app, 9).await;
     // One of the candidates is already cached: prewarm leaves it alone.
     warm(&app, ids[0]).await;
@@ -476,22 +492,31 @@ async fn prewarm_via_admin_route(kind: StoreKind, backend: Backend) {
     for id in ids[7..].iter().chain([&stale.user_id]) {
         assert_eq!(raw(&app, &key(*id)).await, None, "not a prewarm candidate");
     }
-    let (_, r) = read(&app, ids[3]).await;
+    let (_, r) = app.read_profile(ids[3]).await;
     assert_eq!(r["cached"], true);
     let (_, b) = prewarm(&app).await;
     assert_eq!(b, json!({"prewarmed": 0}), "nothing left to store");
 }
 
-async fn prewarm_at_start(kind: StoreKind, backend: Backend) {
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prewarm_at_start(
+    #[values(StoreKind::Shared, StoreKind::Cluster, StoreKind::Memory)] kind: StoreKind,
+) {
+    let backend = backend_for(kind);
     let target = Target::new(kind).await;
-    let c = cache_config(backend, &target).await;
+    let c = TestApp::builder()
+        .with_backend(backend)
+        .with_store(&target)
+        .config()
+        .await;
     // A first instance (prewarm off, as in every test config) creates the schema and data.
-    let first = spawn_ready(c.clone()).await;
+    let first = TestApp::spawn_with(c.clone()).await;
     let ids = seed_recent(&first, 5).await;
     drop(first);
     let mut c = c;
     c.prewarm.enabled = true;
-    let app = spawn_ready(c).await;
+    let app = TestApp::spawn_with(c).await;
     let store = app.state.cache.store().clone();
     eventually(Duration::from_secs(10), "prewarm at start", || {
         let store = store.clone();
@@ -506,13 +531,17 @@ async fn prewarm_at_start(kind: StoreKind, backend: Backend) {
         }
     })
     .await;
-    let (_, r) = read(&app, ids[4]).await;
+    let (_, r) = app.read_profile(ids[4]).await;
     assert_eq!(r["cached"], true);
 }
 
-async fn admin_routes_are_admin_only(kind: StoreKind, backend: Backend) {
-    let (_t, app) = setup(kind, backend).await;
-    let user = tok(UserId::random(), false);
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_routes_are_admin_only(
+    #[values(StoreKind::Shared, StoreKind::Cluster, StoreKind::Memory)] kind: StoreKind,
+) {
+    let (_t, app) = setup(kind, |_| {}).await;
+    let user = token(UserId::random(), Role::User);
     let id = UserId::random();
     for (m, p) in [
         (Method::GET, "/api/admin/cache/metrics".to_owned()),
@@ -539,12 +568,19 @@ async fn admin_routes_are_admin_only(kind: StoreKind, backend: Backend) {
     let res = app
         .client
         .post(app.url("/api/admin/cache/invalidate/not-a-uuid"))
-        .bearer_auth(admin())
+        .bearer_auth(token(UserId::random(), Role::Admin))
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 422);
-    let (s, m) = json_of(app.get("/api/admin/cache/metrics", &admin()).await).await;
+    let (s, m) = json_of(
+        app.get(
+            "/api/admin/cache/metrics",
+            &token(UserId::random(), Role::Admin),
+        )
+        .await,
+    )
+    .await;
     assert_eq!(s, 200);
     for f in ["hits", "misses", "total", "hit_rate"] {
         assert!(m[f].is_number(), "{m}");
