@@ -35,7 +35,7 @@ fi
 log "$("$venv/bin/st" --version)"
 
 cargo build --quiet --bin user-api
-bin=target/debug/user-api
+bin="${CARGO_TARGET_DIR:-target}/debug/user-api"
 
 work=$(mktemp -d /tmp/user-api-st.XXXXXX)
 cleanup_actions+=("rm -rf $work")
