@@ -29,9 +29,10 @@ import urllib.request
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target/release/user-api")
-MINT = os.path.join(ROOT, "target/release/examples/mint")
-LIMITS = os.path.join(ROOT, "target/release/examples/limits")
+TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+BIN = os.path.join(TARGET, "release/user-api")
+MINT = os.path.join(TARGET, "release/examples/mint")
+LIMITS = os.path.join(TARGET, "release/examples/limits")
 WRK_DIR = os.path.join(ROOT, "bench/wrk")
 CLK_TCK = os.sysconf("SC_CLK_TCK")  # what `getconf CLK_TCK` prints
 

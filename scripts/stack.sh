@@ -280,12 +280,13 @@ cmd_up() {
     die "the stack is already up ($S exists); scripts/stack.sh status, or scripts/stack.sh down first"
   fi
   need_tools
-  local bin=$REPO/target/release/user-api
+  local target=${CARGO_TARGET_DIR:-$REPO/target}
+  local bin=$target/release/user-api
   [ -x "$bin" ] || { log "cargo build --release"; cargo build --release --quiet --bin user-api --example mint; }
-  [ -x "$REPO/target/release/examples/mint" ] || cargo build --release --quiet --example mint
+  [ -x "$target/release/examples/mint" ] || cargo build --release --quiet --example mint
   mkdir -p "$S/bin" "$S/logs"
   chmod 755 "$S"
-  cp "$bin" "$REPO/target/release/examples/mint" "$S/bin/"
+  cp "$bin" "$target/release/examples/mint" "$S/bin/"
   pick_ports >"$S/ports.env.tmp"
   # shellcheck disable=SC1091
   . "$S/ports.env.tmp"
