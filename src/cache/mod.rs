@@ -54,6 +54,8 @@ pub const MAX_FILL_DELAY: Duration = Duration::from_secs(10);
 /// How long the cross-instance refresh-ahead lock is held.
 pub const REFRESH_LOCK_TTL: Duration = Duration::from_secs(10);
 
+/// How long a read `maxmemory-policy` is trusted before it is read again.
+pub const EVICTION_CHECK_EVERY: Duration = Duration::from_secs(60);
 /// Eviction policies under which Redis never drops a key by itself (only TTLs end them).
 const SAFE_EVICTION: &[&str] = &["noeviction"];
 
@@ -101,6 +103,9 @@ struct CacheInner {
     /// drain passes that started after the failure and emptied the outbox.
     dirty_gen: AtomicU64,
     clean_gen: AtomicU64,
+    /// The last eviction-policy answer and when it was read: `/ready` is probed every few
+    /// seconds, and `CONFIG GET` need not be (it may even be refused on managed Redis).
+    eviction: std::sync::Mutex<Option<(std::time::Instant, EvictionCheck)>>,
 }
 
 /// The profile cache: cheap to clone, shared by the service, the admin routes and the
@@ -132,6 +137,7 @@ impl Cache {
                 misses: AtomicU64::new(0),
                 dirty_gen: AtomicU64::new(0),
                 clean_gen: AtomicU64::new(0),
+                eviction: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -304,12 +310,28 @@ impl Cache {
     }
 
     /// Reads `maxmemory-policy` and says whether it can evict companion keys.
+    /// A known answer is reused for [`EVICTION_CHECK_EVERY`].
     pub async fn check_eviction_policy(&self) -> EvictionCheck {
-        match self.inner.store.eviction_policy().await {
+        let lock = || {
+            self.inner
+                .eviction
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+        };
+        if let Some((at, check)) = lock().as_ref()
+            && at.elapsed() < EVICTION_CHECK_EVERY
+        {
+            return check.clone();
+        }
+        let check = match self.inner.store.eviction_policy().await {
             None => EvictionCheck::Unknown,
             Some(p) if SAFE_EVICTION.contains(&p.as_str()) => EvictionCheck::Safe(p),
             Some(p) => EvictionCheck::Unsafe(p),
-        }
+        };
+        // An unknown answer (Redis down, CONFIG refused) is kept as long: a Redis that
+        // refuses CONFIG would otherwise count an error on every probe.
+        *lock() = Some((std::time::Instant::now(), check.clone()));
+        check
     }
 
     /// Sends this instance's unflushed hit/miss counts to the store; kept for the next
