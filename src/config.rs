@@ -40,6 +40,7 @@ pub struct Config {
     /// `REDIS_CLUSTER_URLS`: seed nodes of a Redis Cluster.
     pub redis_cluster_urls: Vec<String>,
     pub jwt: JwtConfig,
+    pub auth: AuthConfig,
     pub database: DatabaseConfig,
     pub cache: CacheConfig,
     pub rate_limits: RateLimitConfig,
@@ -71,6 +72,15 @@ pub struct JwtConfig {
     pub jwks_timeout_ms: u64,
     /// Where dev mode keeps its generated key pair.
     pub dev_keys_dir: PathBuf,
+}
+
+/// What authentication does beyond the signature (`[auth]`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// When the revocation keys cannot be read (Redis unreachable): `allow` (default,
+    /// counted in `auth_revocation_unchecked_total`) or `deny` (503).
+    pub revocation_unavailable: crate::admission::RevocationUnavailable,
 }
 
 /// Database pool.
@@ -219,6 +229,7 @@ impl Default for Config {
             redis_url: None,
             redis_cluster_urls: Vec::new(),
             jwt: JwtConfig::default(),
+            auth: AuthConfig::default(),
             database: DatabaseConfig::default(),
             cache: CacheConfig::default(),
             rate_limits: RateLimitConfig::default(),
@@ -244,6 +255,7 @@ impl std::fmt::Debug for Config {
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
             .field("redis_cluster_urls", &cluster)
             .field("jwt", &self.jwt)
+            .field("auth", &self.auth)
             .field("database", &self.database)
             .field("cache", &self.cache)
             .field("rate_limits", &self.rate_limits)

@@ -3,6 +3,7 @@
 //! `App::build` wires everything from a `Config` and binds the listener, so tests can
 //! start the real service on port 0 and talk to it over HTTP.
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod cache;
@@ -16,6 +17,7 @@ pub mod seed;
 pub mod server;
 pub mod service;
 pub mod state;
+pub mod store;
 pub mod telemetry;
 
 use std::net::SocketAddr;
@@ -98,9 +100,21 @@ impl App {
         if let Some(client) = &redis {
             client.connect_in_background();
         }
-        let cache = Cache::new(
-            Cache::store_for(redis.as_ref()),
-            CacheSettings::from_config(&config),
+        // Each backend is chosen once, here: Redis (single or cluster) or in process.
+        let cache_store: Arc<dyn cache::CacheStore> = match &redis {
+            Some(client) => Arc::new(redis::RedisCacheStore::new(client.clone())),
+            None => Arc::new(cache::MemoryCacheStore::new()),
+        };
+        let counters = redis.clone().map(|client| {
+            Arc::new(redis::RedisCounters::new(client)) as Arc<dyn ratelimit::CounterStore>
+        });
+        let cache = Cache::new(cache_store, CacheSettings::from_config(&config));
+        let limiter = ratelimit::Limiter::new(&config.rate_limits, counters);
+        let admission = admission::Admission::new(
+            redis.clone(),
+            limiter.clone(),
+            cache.clone(),
+            config.auth.revocation_unavailable,
         );
         let profiles = ProfileService::new(repo, cache.clone(), config.database.background_share());
         let shutdown = CancellationToken::new();
@@ -118,7 +132,8 @@ impl App {
             },
             config: config.clone(),
             cache: cache.clone(),
-            limiter: ratelimit::Limiter::new(&config.rate_limits, redis.clone()),
+            limiter,
+            admission,
             redis,
         });
         let listener = TcpListener::bind(config.addr)

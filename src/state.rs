@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::admission::Admission;
 use crate::auth::Authenticator;
 use crate::cache::Cache;
 use crate::config::Config;
@@ -49,6 +50,8 @@ pub struct Services {
     pub redis: Option<RedisClient>,
     /// Per-user and per-address rate limits (over the same Redis client).
     pub limiter: Limiter,
+    /// The one step that admits an authenticated request (revocation, limit, cache look).
+    pub admission: Admission,
 }
 
 impl Services {

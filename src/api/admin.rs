@@ -12,7 +12,7 @@ use super::extract::{Admin, Subject};
 use crate::cache::{CacheMetrics, keys_for};
 use crate::db::InvalidationScope;
 use crate::error::ApiError;
-use crate::redis::StoreError;
+use crate::store::StoreError;
 use crate::state::AppState;
 
 /// Routes of this resource.

@@ -2,17 +2,15 @@
 //! These answer with the bare profile object, as the service they replace did.
 
 use axum::extract::State;
-use axum::{Extension, Json};
+use axum::Json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::dto::ErrorBody;
-use super::extract::JsonBody;
+use super::extract::{AdmittedRead, JsonBody};
 use crate::auth::Caller;
-use crate::db::DbError;
-use crate::domain::{NewProfile, Profile, ProfileInput, ProfilePatch, ProfilePatchInput};
+use crate::domain::{Profile, ProfileInput, ProfilePatch, ProfilePatchInput};
 use crate::error::ApiError;
-use crate::service::Prefetched;
 use crate::state::AppState;
 
 /// Routes of this resource.
@@ -25,31 +23,14 @@ pub fn router() -> OpenApiRouter<AppState> {
     responses((status = 200, body = Profile)))]
 pub async fn get_own(
     State(state): State<AppState>,
-    caller: Caller,
-    prefetched: Option<Extension<Prefetched>>,
+    admitted: AdmittedRead,
 ) -> Result<Json<Profile>, ApiError> {
-    let prefetched = prefetched.map(|Extension(p)| p);
-    if let Some(found) = state.profiles.get(caller.user_id, prefetched).await? {
-        return Ok(Json(found.value));
-    }
-    match state
+    state
         .profiles
-        .create(caller.user_id, &NewProfile::default())
-        .await
-    {
-        Ok(p) => Ok(Json(p)),
-        // Two first requests raced and the other one created it. Read the row itself: the
-        // winner invalidates the cache only after its commit, so the cache may still say
-        // "not found" for a moment.
-        Err(DbError::AlreadyExists) => state
-            .profiles
-            .repo()
-            .fetch(caller.user_id)
-            .await?
-            .map(Json)
-            .ok_or(ApiError::NotFound("Profile not found")),
-        Err(e) => Err(e.into()),
-    }
+        .get_or_create(admitted.id, admitted.look)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound("Profile not found"))
 }
 
 /// Creates the caller's profile or updates the fields sent.

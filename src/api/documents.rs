@@ -1,16 +1,15 @@
 //! `/api/profiles/{user_id}/settings` and `/preferences`: one JSON object each.
 
 use axum::extract::State;
-use axum::{Extension, Json};
+use axum::Json;
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::dto::ErrorBody;
-use super::extract::{JsonBody, Subject};
+use super::extract::{AdmittedRead, JsonBody, Subject};
 use crate::domain::{Document, DocumentKind, JsonObject, UserId};
 use crate::error::ApiError;
-use crate::service::Prefetched;
 use crate::state::AppState;
 
 /// Routes of this resource.
@@ -22,13 +21,12 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 async fn read(
     state: &AppState,
-    id: UserId,
     kind: DocumentKind,
-    prefetched: Option<Extension<Prefetched>>,
+    read: AdmittedRead,
 ) -> Result<Json<Value>, ApiError> {
     let doc = state
         .profiles
-        .document(kind, id, prefetched.map(|Extension(p)| p))
+        .document(kind, read.id, read.look)
         .await?
         .ok_or(ApiError::NotFound("Profile not found"))?;
     Ok(Json(
@@ -59,10 +57,9 @@ async fn replace(
               (status = 404, body = ErrorBody)))]
 pub async fn get_settings(
     State(state): State<AppState>,
-    Subject(id): Subject,
-    prefetched: Option<Extension<Prefetched>>,
+    admitted: AdmittedRead,
 ) -> Result<Json<Value>, ApiError> {
-    read(&state, id, DocumentKind::Settings, prefetched).await
+    read(&state, DocumentKind::Settings, admitted).await
 }
 
 /// Replaces the user's settings object (at most 16 KiB).
@@ -86,10 +83,9 @@ pub async fn put_settings(
               (status = 404, body = ErrorBody)))]
 pub async fn get_preferences(
     State(state): State<AppState>,
-    Subject(id): Subject,
-    prefetched: Option<Extension<Prefetched>>,
+    admitted: AdmittedRead,
 ) -> Result<Json<Value>, ApiError> {
-    read(&state, id, DocumentKind::Preferences, prefetched).await
+    read(&state, DocumentKind::Preferences, admitted).await
 }
 
 /// Replaces the user's preferences object (at most 16 KiB).

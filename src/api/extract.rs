@@ -8,6 +8,7 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use crate::auth::{AuthError, Caller};
+use crate::cache::Look;
 use crate::domain::{UserId, ValidationError};
 use crate::error::ApiError;
 
@@ -171,6 +172,27 @@ async fn resolve_subject<S: Send + Sync>(
         Ok(id)
     } else {
         Err(NoSubject::Forbidden)
+    }
+}
+
+/// A read the admission layer let through: the user it is about (see [`Subject`]) and the
+/// look at its cache entry made in the admission round trip, when there was one.
+pub struct AdmittedRead {
+    /// The user read.
+    pub id: UserId,
+    /// What admission saw of the entry; the read serves from it or fills after it.
+    pub look: Option<Look>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for AdmittedRead {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Subject(id) = Subject::from_request_parts(parts, state).await?;
+        Ok(Self {
+            id,
+            look: parts.extensions.remove::<Look>(),
+        })
     }
 }
 

@@ -2,6 +2,7 @@
 //! the authentication layer and the cross-cutting layers.
 
 mod admin;
+mod admit;
 mod batch;
 mod compat;
 mod documents;
@@ -13,6 +14,7 @@ mod openapi;
 mod ops;
 mod profiles;
 mod request_id;
+pub mod routes;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -54,10 +56,7 @@ pub fn router(state: AppState) -> Router {
         .merge(documents::router())
         .merge(compat::router())
         .merge(admin::router())
-        // The outer layer runs first: authenticate (with the per-address limit), then the
-        // per-user limit, which needs the caller.
-        .layer(from_fn_with_state(state.clone(), layers::limit))
-        .layer(from_fn_with_state(state.clone(), layers::authenticate));
+        .layer(from_fn_with_state(state.clone(), admit::admit));
     let (api, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(protected)
         .merge(ops::router())

@@ -3,16 +3,16 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::dto::{ErrorBody, ProfileCreated, ProfileRead, ProfileUpdated};
-use super::extract::{JsonBody, Subject, authorize};
+use super::extract::{AdmittedRead, JsonBody, Subject, authorize};
 use crate::auth::Caller;
 use crate::domain::{ProfileInput, ProfilePatchInput, UserId};
 use crate::error::ApiError;
-use crate::service::{Prefetched, ProfileJson};
+use crate::service::ProfileJson;
 use crate::state::AppState;
 
 /// Routes of this resource.
@@ -28,12 +28,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         ))
 }
 
-async fn read(
-    state: &AppState,
-    id: UserId,
-    prefetched: Option<Prefetched>,
-) -> Result<Response, ApiError> {
-    match state.profiles.get_json(id, prefetched).await? {
+async fn read(state: &AppState, read: AdmittedRead) -> Result<Response, ApiError> {
+    match state.profiles.get_json(read.id, read.look).await? {
         // The cached entry is the profile object of a hit, `cached_at` included.
         Some(ProfileJson::Cached { entry, cached_at }) => {
             let mut body = String::with_capacity(entry.len() + cached_at.len() + 48);
@@ -57,10 +53,9 @@ async fn read(
               (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn get_profile(
     State(state): State<AppState>,
-    Subject(id): Subject,
-    prefetched: Option<Extension<Prefetched>>,
+    admitted: AdmittedRead,
 ) -> Result<Response, ApiError> {
-    read(&state, id, prefetched.map(|Extension(p)| p)).await
+    read(&state, admitted).await
 }
 
 /// Reads the caller's own profile.
@@ -69,10 +64,9 @@ pub async fn get_profile(
     responses((status = 200, body = ProfileRead), (status = 404, body = ErrorBody)))]
 pub async fn get_me(
     State(state): State<AppState>,
-    Subject(me): Subject,
-    prefetched: Option<Extension<Prefetched>>,
+    admitted: AdmittedRead,
 ) -> Result<Response, ApiError> {
-    read(&state, me, prefetched.map(|Extension(p)| p)).await
+    read(&state, admitted).await
 }
 
 /// Creates a profile; `user_id` defaults to the caller's.

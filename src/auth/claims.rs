@@ -31,6 +31,8 @@ pub(crate) struct RawClaims {
     token_type: Option<Value>,
     #[serde(default)]
     exp: Option<Value>,
+    #[serde(default)]
+    jti: Option<Value>,
 }
 
 impl RawClaims {
@@ -44,7 +46,7 @@ impl RawClaims {
 
     /// Applies the rules jsonwebtoken does not know: `sub` a UUID, `token_type`,
     /// `iat` not in the future, and the role.
-    pub(crate) fn into_caller(self, leeway_secs: u64) -> Result<Caller, AuthError> {
+    pub(crate) fn into_caller(self, leeway_secs: u64, token: &str) -> Result<Caller, AuthError> {
         let user_id = match &self.sub {
             Some(Value::String(s)) => s
                 .parse::<UserId>()
@@ -72,7 +74,26 @@ impl RawClaims {
             user_id,
             is_admin: is_admin(self.role.as_ref(), self.roles.as_ref()),
             issued_at,
+            token_id: token_id(self.jti.as_ref(), token),
+            expires_at: self.exp_secs().unwrap_or(0),
         })
+    }
+}
+
+/// Length of the token prefix the auth service keys a revocation by when there is no `jti`.
+const REVOCATION_PREFIX_CHARS: usize = 50;
+
+/// The name a revocation uses for this token: its `jti` (a string, or a number as the
+/// auth service would print it), else its first 50 characters (SPEC 7). A JWT is ASCII,
+/// so characters and bytes agree; `get` keeps a malformed one from panicking anyway.
+fn token_id(jti: Option<&Value>, token: &str) -> std::sync::Arc<str> {
+    match jti {
+        Some(Value::String(s)) if !s.is_empty() => s.as_str().into(),
+        Some(Value::Number(n)) => n.to_string().into(),
+        _ => token
+            .get(..REVOCATION_PREFIX_CHARS)
+            .unwrap_or(token)
+            .into(),
     }
 }
 

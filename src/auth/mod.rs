@@ -29,7 +29,7 @@ use jwks::JwksCache;
 
 /// Longest token accepted; real access tokens are well under 2 KiB, so anything
 /// bigger is refused before any parsing work is spent on it.
-const MAX_TOKEN_BYTES: usize = 16 * 1024;
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// Most verified tokens remembered (by digest), so a client's next requests skip RS256.
 const VERIFIED_CAPACITY: u64 = 100_000;
 /// Longest a verified token is trusted without a fresh check: bounds how long a key
@@ -45,6 +45,11 @@ pub struct Caller {
     pub is_admin: bool,
     /// The token's `iat`, when it has one (drives `last_login`).
     pub issued_at: Option<DateTime<Utc>>,
+    /// What the auth service names this token by when it revokes it: its `jti`, or the
+    /// token's first 50 characters when it has none (SPEC 7).
+    pub token_id: Arc<str>,
+    /// The token's `exp` (Unix seconds): how long a revocation seen must be remembered.
+    pub expires_at: i64,
 }
 
 impl Caller {
@@ -103,6 +108,9 @@ pub enum AuthError {
     /// Anything else wrong with the token; the text is generic on purpose.
     #[error("{0}")]
     Invalid(&'static str),
+    /// The auth service revoked the token or its user (`blacklist:*`, SPEC 7).
+    #[error("Token has been revoked")]
+    Revoked,
     /// JWKS mode and no key set was ever fetched: the auth service is down (503, not 401).
     #[error("Token keys are unavailable")]
     KeysUnavailable,
@@ -371,7 +379,7 @@ impl Authenticator {
         let exp = data.claims.exp_secs();
         let caller = data
             .claims
-            .into_caller(self.inner.leeway_secs)
+            .into_caller(self.inner.leeway_secs, token)
             .inspect_err(|err| {
                 tracing::debug!(kid = header.kid.as_deref(), reason = %err, "token refused");
             })?;

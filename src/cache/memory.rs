@@ -20,7 +20,7 @@ use moka::sync::Cache;
 
 use super::keys::EntryKeys;
 use super::store::{CacheStore, Fill, FillContent, Observed};
-use crate::redis::StoreError;
+use crate::store::StoreError;
 
 /// Which of an entry's keys a key is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,7 +25,6 @@
 mod entry;
 pub mod keys;
 mod memory;
-mod redis_store;
 mod store;
 mod totals;
 
@@ -38,13 +37,12 @@ use chrono::{DateTime, Utc};
 use crate::config::{Config, PrewarmConfig};
 use crate::db::InvalidationScope;
 use crate::domain::UserId;
-use crate::redis::{RedisClient, StoreError};
+use crate::store::StoreError;
 
 pub use entry::{Cached, entry_ttl, now_millis, profile_entry};
 pub use keys::{EntryKeys, Kind, document_key, keys_for, kinds_for, profile_key};
 pub use memory::MemoryCacheStore;
-pub use redis_store::RedisCacheStore;
-pub use store::{CacheStore, Fill, FillContent, HITS_KEY, MISSES_KEY, Observed};
+pub use store::{CacheStore, Fill, FillContent, HITS_KEY, MISSES_KEY, Look, Observed};
 pub use totals::CacheMetrics;
 
 /// How long a write's state token lives.
@@ -142,14 +140,6 @@ impl Cache {
         }
     }
 
-    /// The store for `redis` (or the in-process one when there is no Redis).
-    pub fn store_for(redis: Option<&RedisClient>) -> Arc<dyn CacheStore> {
-        match redis {
-            Some(client) => Arc::new(RedisCacheStore::new(client.clone())),
-            None => Arc::new(MemoryCacheStore::new()),
-        }
-    }
-
     /// The store (health, kind, diagnostics).
     pub fn store(&self) -> &Arc<dyn CacheStore> {
         &self.inner.store
@@ -209,13 +199,9 @@ impl Cache {
         }
     }
 
-    /// The command that observes an entry, for sending along with other work in one
-    /// round trip; `None` on the in-process store or while this instance may not read.
-    pub fn observe_command(&self, kind: Kind, id: UserId) -> Option<::redis::Cmd> {
-        if !self.may_read() {
-            return None;
-        }
-        self.inner.store.observe_command(&kind.keys(id))
+    /// Looks at an entry and its companions, by its keys.
+    pub async fn observe_keys(&self, keys: &EntryKeys) -> Result<Observed, StoreError> {
+        self.inner.store.observe(keys).await
     }
 
     /// Looks at an entry and its companions.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::keys::EntryKeys;
-use crate::redis::StoreError;
+use crate::store::StoreError;
 
 /// Redis key of the shared hit counter.
 pub const HITS_KEY: &str = "metrics:cache:hits";
@@ -41,6 +41,17 @@ impl Observed {
             missing,
         })
     }
+}
+
+/// A look at an entry made ahead of the read (in the admission round trip), and when:
+/// the read serves a hit from it, or fills after its database read guarded by the state
+/// it saw. Fills are skipped once it is `MAX_FILL_DELAY` old.
+#[derive(Debug, Clone)]
+pub struct Look {
+    /// What the look found.
+    pub observed: Observed,
+    /// When it was made.
+    pub at: std::time::Instant,
 }
 
 /// What a fill stores.
@@ -87,12 +98,6 @@ pub trait CacheStore: Send + Sync + 'static {
         None
     }
 
-    /// The command that observes `keys` (an `MGET` of the entry and its companions), for
-    /// callers that send it along with other work in one round trip; `None` when the store
-    /// is not Redis. Its reply is read with [`Observed::from_values`].
-    fn observe_command(&self, _keys: &EntryKeys) -> Option<::redis::Cmd> {
-        None
-    }
     /// One look at an entry and its companions.
     async fn observe(&self, keys: &EntryKeys) -> Result<Observed, StoreError>;
     /// Looks at many entries: one `MGET` (one per slot on a cluster); answers in order.

@@ -1,9 +1,10 @@
 //! Rate limits (SPEC 5): per user and policy, per client address for requests that fail
 //! authentication, in fixed UTC windows.
 //!
-//! The [`Limiter`] counts in Redis when one is configured ([`redis_store`]: one Lua script
-//! per request, exact across any number of instances) and in process otherwise
-//! ([`memory`]). While Redis is unreachable it either falls back to its in-process
+//! The [`Limiter`] counts in the shared store when one is configured (a [`CounterStore`]:
+//! Redis, one atomic step per count, exact across any number of instances) and in process
+//! otherwise ([`memory`]). On the request path the count rides in the admission round
+//! trip (`crate::admission`), which hands the reply back through [`Limiter::decide`]. While Redis is unreachable it either falls back to its in-process
 //! counters (`fail = "open"`, the default: each instance still enforces the policy on its
 //! own traffic rather than admitting everything) or refuses (`fail = "closed"`). Every
 //! call to Redis is bounded by the client's timeout and circuit breaker, so the limiter
@@ -21,7 +22,6 @@ pub mod headers;
 pub mod memory;
 pub mod middleware;
 pub mod policy;
-pub mod redis_store;
 pub mod window;
 
 use std::collections::HashMap;
@@ -31,12 +31,36 @@ use std::sync::{Arc, RwLock};
 
 use crate::config::{FailMode, RateLimitConfig};
 use crate::domain::UserId;
-use crate::redis::{RedisClient, StoreError};
+use async_trait::async_trait;
+
+use crate::store::StoreError;
 
 pub use memory::LocalCounters;
 pub use policy::Policy;
-pub use redis_store::RedisCounters;
 pub use window::Window;
+
+/// Where counters live when they are shared by every instance (Redis).
+#[async_trait]
+pub trait CounterStore: Send + Sync + 'static {
+    /// "redis" or "redis-cluster".
+    fn name(&self) -> &'static str;
+    /// Counts one more request against `key`, which expires `ttl_ms` from now when it has
+    /// no expiry yet, in one atomic step; the count including this one.
+    async fn hit(&self, key: &str, ttl_ms: u64) -> Result<u64, StoreError>;
+}
+
+/// The counter of one request, as the shared store is asked for it.
+#[derive(Debug, Clone)]
+pub struct CounterKey {
+    /// `rate:<user>:<endpoint>:<window>` (SPEC 5).
+    pub key: String,
+    /// The expiry a new counter gets: the rest of the window plus a margin.
+    pub ttl_ms: u64,
+    /// The window counted in.
+    pub window: Window,
+    /// When the count was asked (Unix ms).
+    pub now_ms: u64,
+}
 
 /// A counter after one more request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,8 +124,8 @@ const LOG_EVERY_MS: u64 = 10_000;
 
 struct LimiterInner {
     config: RateLimitConfig,
-    /// `None`: no Redis configured, `local` is the store.
-    redis: Option<RedisCounters>,
+    /// `None`: no shared store configured, `local` is the store.
+    redis: Option<std::sync::Arc<dyn CounterStore>>,
     /// The store without Redis; the fallback while Redis is unreachable.
     local: LocalCounters,
     /// The in-process per-address counters: bounded, since clients choose addresses.
@@ -127,12 +151,12 @@ impl std::fmt::Debug for Limiter {
 }
 
 impl Limiter {
-    /// A limiter over `redis` (the app's one shared client) or, without it, in process.
-    pub fn new(config: &RateLimitConfig, redis: Option<RedisClient>) -> Self {
+    /// A limiter over `shared` (the app's Redis) or, without it, in process.
+    pub fn new(config: &RateLimitConfig, shared: Option<Arc<dyn CounterStore>>) -> Self {
         Self {
             inner: Arc::new(LimiterInner {
                 config: config.clone(),
-                redis: redis.map(RedisCounters::new),
+                redis: shared,
                 local: LocalCounters::default(),
                 local_addresses: LocalCounters::bounded(MAX_ADDRESS_COUNTERS),
                 blocked: RwLock::new(HashMap::new()),
@@ -149,8 +173,7 @@ impl Limiter {
     /// "redis", "redis-cluster" or "embedded".
     pub fn store_name(&self) -> &'static str {
         match &self.inner.redis {
-            Some(r) if r.client().is_cluster() => "redis-cluster",
-            Some(_) => "redis",
+            Some(r) => r.name(),
             None => "embedded",
         }
     }
@@ -165,37 +188,61 @@ impl Limiter {
         &self.inner.local
     }
 
-    /// Counts a request of `user` under `policy` (`endpoint` is the key's endpoint part).
+    /// Counts a request of `user` under `policy` (`endpoint` is the key's endpoint part),
+    /// on its own (the request path counts through `crate::admission` instead).
     pub async fn check(
         &self,
         user: UserId,
         policy: Policy,
         endpoint: &str,
     ) -> Result<Decision, LimitError> {
-        let (now, window) = self.now();
-        let key = window.user_key(user, endpoint);
-        let (count, _) = self
-            .count(&key, &window, now, None, Fallback::PerFailMode)
+        let ask = self.counter_for(user, endpoint);
+        let count = self
+            .count(&ask.key, &ask.window, ask.now_ms, Fallback::PerFailMode)
             .await?;
         Ok(self.decide(policy, count))
     }
 
-    /// Like [`Self::check`], and sends `extra` (any read-only command) in the same round
-    /// trip when the counter lives in Redis. Its reply is `Some` only when Redis answered
-    /// both; the limiter does not look at it.
-    pub async fn check_with(
-        &self,
-        user: UserId,
-        policy: Policy,
-        endpoint: &str,
-        extra: Option<::redis::Cmd>,
-    ) -> Result<(Decision, Option<::redis::Value>), LimitError> {
+    /// The counter a request of `user` on `endpoint` is counted in, now.
+    pub fn counter_for(&self, user: UserId, endpoint: &str) -> CounterKey {
         let (now, window) = self.now();
-        let key = window.user_key(user, endpoint);
-        let (count, value) = self
-            .count(&key, &window, now, extra.as_ref(), Fallback::PerFailMode)
-            .await?;
-        Ok((self.decide(policy, count), value))
+        CounterKey {
+            key: window.user_key(user, endpoint),
+            ttl_ms: window.remaining_ms(now) + window::EXPIRY_MARGIN_MS,
+            window,
+            now_ms: now,
+        }
+    }
+
+    /// The count of `ask` once the shared store answered it with `count`.
+    pub fn counted(&self, ask: &CounterKey, count: u64) -> Count {
+        Count {
+            count,
+            reset_ms: ask.window.remaining_ms(ask.now_ms),
+        }
+    }
+
+    /// The count of `ask` in the in-process counters (the store without Redis).
+    pub fn check_local(&self, ask: &CounterKey) -> Result<Count, LimitError> {
+        Ok(self.inner.local.hit(&ask.key, &ask.window, ask.now_ms))
+    }
+
+    /// The count of `ask` when the shared store could not answer: `failure` is noted, and
+    /// the in-process counters decide (`fail = "open"`) or the request is refused.
+    pub fn count_without_store(
+        &self,
+        ask: &CounterKey,
+        failure: &StoreError,
+    ) -> Result<Count, LimitError> {
+        self.note_store_error(failure);
+        if self.inner.config.fail == FailMode::Closed {
+            return Err(LimitError::Unavailable);
+        }
+        metrics::counter!("ratelimit_fallback_total").increment(1);
+        Ok(self
+            .inner
+            .local
+            .hit(&ask.key, &ask.window, window::now_ms()))
     }
 
     /// The refusal for `address` when it is remembered as over its per-address limit.
@@ -236,8 +283,8 @@ impl Limiter {
     pub async fn count_failed_auth(&self, address: IpAddr) -> Decision {
         let (now, window) = self.now();
         let key = window.address_key(address);
-        let count = match self.count(&key, &window, now, None, Fallback::Always).await {
-            Ok((c, _)) => c,
+        let count = match self.count(&key, &window, now, Fallback::Always).await {
+            Ok(c) => c,
             // Unreachable with `Fallback::Always`; decide locally all the same.
             Err(LimitError::Unavailable) => self.inner.local_addresses.hit(&key, &window, now),
         };
@@ -264,7 +311,8 @@ impl Limiter {
         (now, Window::at(now, self.inner.config.window_secs))
     }
 
-    fn decide(&self, policy: Policy, count: Count) -> Decision {
+    /// The verdict on a request counted `count` under `policy`.
+    pub fn decide(&self, policy: Policy, count: Count) -> Decision {
         Decision {
             policy,
             limit: policy.limit(&self.inner.config),
@@ -281,23 +329,24 @@ impl Limiter {
         key: &str,
         window: &Window,
         now: u64,
-        extra: Option<&::redis::Cmd>,
         fallback: Fallback,
-    ) -> Result<(Count, Option<::redis::Value>), LimitError> {
+    ) -> Result<Count, LimitError> {
         // Per-address counting is the only caller that always falls back.
         let local = match fallback {
             Fallback::Always => &self.inner.local_addresses,
             Fallback::PerFailMode => &self.inner.local,
         };
         let Some(redis) = &self.inner.redis else {
-            return Ok((local.hit(key, window, now), None));
+            return Ok(local.hit(key, window, now));
         };
-        let outcome = match extra {
-            Some(cmd) => redis.hit_with(key, window, cmd).await,
-            None => redis.hit(key, window).await.map(|c| (c, None)),
-        };
-        match outcome {
-            Ok(v) => Ok(v),
+        match redis
+            .hit(key, window.remaining_ms(now) + window::EXPIRY_MARGIN_MS)
+            .await
+        {
+            Ok(count) => Ok(Count {
+                count,
+                reset_ms: window.remaining_ms(now),
+            }),
             Err(e) => {
                 self.note_store_error(&e);
                 if self.inner.config.fail == FailMode::Closed && fallback == Fallback::PerFailMode {
@@ -306,7 +355,7 @@ impl Limiter {
                 metrics::counter!("ratelimit_fallback_total").increment(1);
                 // The local counter starts from zero: each instance enforces the policy
                 // on its own traffic until Redis answers again.
-                Ok((local.hit(key, window, window::now_ms()), None))
+                Ok(local.hit(key, window, window::now_ms()))
             }
         }
     }

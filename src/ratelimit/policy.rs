@@ -1,11 +1,7 @@
-//! Which policy a request is counted under, and the `<endpoint>` part of its key.
-//!
-//! Classification works on the method and the axum route template (`MatchedPath`),
-//! never on the raw path: ids in a path must not be able to mint new counters.
+//! The rate-limit policies and the `<endpoint>` part of their keys. Which route counts
+//! under which policy is the route table's business (`crate::api::routes`).
 
 use std::fmt;
-
-use axum::http::Method;
 
 use crate::config::RateLimitConfig;
 
@@ -54,43 +50,8 @@ impl Policy {
         }
     }
 
-    /// The policy of an authenticated request and the `<endpoint>` of its key, or `None`
-    /// for routes that are not limited (ops routes, docs).
-    ///
-    /// `HEAD` is a `GET` (axum serves it with the GET handler). A method a route does not
-    /// serve (405) is counted under the policy that owns that template's key, so the
-    /// default policy can never share a counter key with a named one.
-    pub fn classify(method: &Method, template: &str) -> Option<(Policy, String)> {
-        let read = *method == Method::GET || *method == Method::HEAD;
-        let policy = match template {
-            "/api/profiles/{user_id}"
-            | "/api/profiles/me"
-            | "/api/profiles/{user_id}/settings"
-            | "/api/profiles/{user_id}/preferences"
-            | "/profile" => {
-                if read {
-                    Self::ProfilesRead
-                } else {
-                    Self::ProfilesUpdate
-                }
-            }
-            "/api/profiles" => {
-                if *method == Method::POST {
-                    Self::ProfilesUpdate
-                } else {
-                    // `/api/profiles` is the read policy's key: a stray method on it counts there.
-                    Self::ProfilesRead
-                }
-            }
-            "/api/profiles/batch" => Self::ProfilesBatch,
-            t if t.starts_with("/api/") => return Some((Self::Default, t.to_owned())),
-            _ => return None,
-        };
-        Some((policy, policy.endpoint().to_owned()))
-    }
-
     /// The fixed `<endpoint>` of a named policy (the default policy uses the route template).
-    fn endpoint(self) -> &'static str {
+    pub fn endpoint(self) -> &'static str {
         match self {
             Self::ProfilesRead => READ_ENDPOINT,
             Self::ProfilesUpdate => UPDATE_ENDPOINT,
@@ -103,69 +64,5 @@ impl Policy {
 impl fmt::Display for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn class(m: Method, t: &str) -> Option<(&'static str, String)> {
-        Policy::classify(&m, t).map(|(p, e)| (p.name(), e))
-    }
-
-    #[test]
-    fn routes_map_to_their_policies() {
-        let read = Some(("profiles-read", "/api/profiles".to_owned()));
-        let update = Some(("profiles-update", "/api/profiles/update".to_owned()));
-        assert_eq!(class(Method::GET, "/api/profiles/{user_id}"), read);
-        assert_eq!(class(Method::HEAD, "/api/profiles/{user_id}"), read);
-        assert_eq!(class(Method::GET, "/api/profiles/me"), read);
-        assert_eq!(class(Method::GET, "/api/profiles/{user_id}/settings"), read);
-        assert_eq!(
-            class(Method::GET, "/api/profiles/{user_id}/preferences"),
-            read
-        );
-        assert_eq!(class(Method::GET, "/profile"), read);
-        assert_eq!(class(Method::POST, "/api/profiles"), update);
-        assert_eq!(class(Method::PUT, "/api/profiles/{user_id}"), update);
-        assert_eq!(class(Method::PATCH, "/api/profiles/{user_id}"), update);
-        assert_eq!(class(Method::DELETE, "/api/profiles/{user_id}"), update);
-        assert_eq!(
-            class(Method::PUT, "/api/profiles/{user_id}/settings"),
-            update
-        );
-        assert_eq!(
-            class(Method::PUT, "/api/profiles/{user_id}/preferences"),
-            update
-        );
-        assert_eq!(class(Method::POST, "/profile"), update);
-        assert_eq!(class(Method::PUT, "/profile"), update);
-        assert_eq!(
-            class(Method::POST, "/api/profiles/batch"),
-            Some(("profiles-batch", "/api/profiles/batch".to_owned()))
-        );
-        assert_eq!(
-            class(Method::POST, "/api/admin/cache/invalidate/{user_id}"),
-            Some((
-                "default",
-                "/api/admin/cache/invalidate/{user_id}".to_owned()
-            ))
-        );
-        assert_eq!(class(Method::GET, "/health"), None);
-        assert_eq!(class(Method::GET, "/metrics"), None);
-        assert_eq!(class(Method::GET, "/openapi.json"), None);
-    }
-
-    #[test]
-    fn stray_methods_never_share_a_named_key_with_default() {
-        assert_eq!(
-            class(Method::GET, "/api/profiles").unwrap().0,
-            "profiles-read"
-        );
-        assert_eq!(
-            class(Method::GET, "/api/profiles/batch").unwrap().0,
-            "profiles-batch"
-        );
     }
 }

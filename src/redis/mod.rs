@@ -23,6 +23,8 @@
 //! On a cluster a pipeline must address a single slot (use [`key_slot`] to group keys).
 
 mod breaker;
+pub mod cache_store;
+pub mod counters;
 pub mod slot;
 
 use std::collections::HashMap;
@@ -43,29 +45,17 @@ use futures::future::{BoxFuture, Shared};
 use crate::config::Config;
 use breaker::Breaker;
 
+pub use cache_store::RedisCacheStore;
+pub use counters::RedisCounters;
 pub use slot::key_slot;
 
-/// Why a Redis call did not produce an answer.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The breaker is open: Redis was not tried.
-    #[error("redis circuit open")]
-    CircuitOpen,
-    /// No answer within the configured per-call timeout.
-    #[error("redis timed out")]
-    Timeout,
-    /// Redis (or the connection to it) reported an error.
-    #[error("redis: {0}")]
-    Redis(#[from] ::redis::RedisError),
-}
+pub use crate::store::StoreError;
 
-impl StoreError {
-    /// True when Redis was unreachable (breaker open, timeout, I/O), as opposed to a
-    /// logical error it answered with.
-    pub fn is_unavailable(&self) -> bool {
-        match self {
-            Self::CircuitOpen | Self::Timeout => true,
-            Self::Redis(e) => is_transport(e),
+impl From<RedisError> for StoreError {
+    fn from(e: RedisError) -> Self {
+        Self::Redis {
+            unreachable: is_transport(&e),
+            message: e.to_string(),
         }
     }
 }
@@ -351,13 +341,13 @@ impl RedisClient {
             Ok(Err(e)) if is_transport(&e) => {
                 metrics::counter!("redis_errors_total", "kind" => "io").increment(1);
                 self.on_transport_failure();
-                Err(StoreError::Redis(e))
+                Err(StoreError::from(e))
             }
             Ok(Err(e)) => {
                 // Redis answered: it is up, whatever it thinks of the command.
                 metrics::counter!("redis_errors_total", "kind" => "logical").increment(1);
                 inner.breaker.on_success();
-                Err(StoreError::Redis(e))
+                Err(StoreError::from(e))
             }
             Err(_) => {
                 metrics::counter!("redis_errors_total", "kind" => "timeout").increment(1);

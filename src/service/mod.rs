@@ -12,5 +12,5 @@ pub use login::LoginRecorder;
 pub use outbox::DrainError;
 pub use profiles::{BatchOutcome, Lookup, ProfileService};
 pub(crate) use profiles::{count_query, dedupe};
-pub use reads::{Prefetched, ProfileJson};
+pub use reads::ProfileJson;
 pub use tasks::{spawn_background, warn_about_eviction};

@@ -5,7 +5,7 @@
 use super::{ProfileService, dedupe};
 use crate::db::{DbError, InvalidationScope};
 use crate::domain::UserId;
-use crate::redis::StoreError;
+use crate::store::StoreError;
 
 /// Outbox rows applied per drain round, and rounds per pass.
 const DRAIN_BATCH: u32 = 200;

@@ -10,19 +10,9 @@ use futures::future::BoxFuture;
 
 use super::flight::Flights;
 use super::{BatchOutcome, Lookup, ProfileService, count_query, dedupe};
-use crate::cache::{Cached, Fill, FillContent, Kind, MAX_FILL_DELAY, Observed, profile_entry};
+use crate::cache::{Cached, Fill, FillContent, Kind, Look, MAX_FILL_DELAY, profile_entry};
 use crate::db::{DbError, Repo};
 use crate::domain::{JsonObject, Profile, UserId};
-use crate::ratelimit::{Decision, LimitError, Limiter, Policy};
-
-/// A look at an entry made ahead of the read (in the rate limiter's round trip), and when.
-#[derive(Clone, Debug)]
-pub struct Prefetched {
-    /// What the look found.
-    pub observed: Observed,
-    /// When it was made: fills are skipped once it is `MAX_FILL_DELAY` old.
-    pub at: Instant,
-}
 
 /// A profile as the profile routes answer it.
 #[derive(Debug, Clone)]
@@ -94,40 +84,36 @@ impl Readable for JsonObject {
 }
 
 impl ProfileService {
-    /// Counts a read request under its rate-limit policy and, when both live in Redis,
-    /// looks at the entry it will read in the same round trip.
-    pub async fn admit_read(
-        &self,
-        limiter: &Limiter,
-        user: UserId,
-        policy: Policy,
-        endpoint: &str,
-        kind: Kind,
-        id: UserId,
-    ) -> Result<(Decision, Option<Prefetched>), LimitError> {
-        let observe = if limiter.uses_redis() {
-            self.cache.observe_command(kind, id)
-        } else {
-            None
-        };
-        let (decision, reply) = limiter.check_with(user, policy, endpoint, observe).await?;
-        let prefetched = reply
-            .and_then(|v| ::redis::from_redis_value::<Vec<Option<String>>>(v).ok())
-            .and_then(Observed::from_values)
-            .map(|observed| Prefetched {
-                observed,
-                at: Instant::now(),
-            });
-        Ok((decision, prefetched))
-    }
-
-    /// One profile, cache-aside; `prefetched` is a look the hot path already made.
+    /// One profile, cache-aside; `look` is the one admission made.
     pub async fn get(
         &self,
         id: UserId,
-        prefetched: Option<Prefetched>,
+        look: Option<Look>,
     ) -> Result<Option<Lookup<Profile>>, DbError> {
-        self.read::<Profile>(Kind::Profile, id, prefetched).await
+        self.read::<Profile>(Kind::Profile, id, look).await
+    }
+
+    /// The profile of `id`, created empty on first use (the existing front ends' `GET
+    /// /profile`).
+    pub async fn get_or_create(
+        &self,
+        id: UserId,
+        look: Option<Look>,
+    ) -> Result<Option<Profile>, DbError> {
+        if let Some(found) = self.get(id, look).await? {
+            return Ok(Some(found.value));
+        }
+        match self.create(id, &crate::domain::NewProfile::default()).await {
+            Ok(p) => Ok(Some(p)),
+            // Two first requests raced and the other one created it. Read the row itself:
+            // the winner invalidates the cache only after its commit, so the cache may
+            // still say "not found" for a moment.
+            Err(DbError::AlreadyExists) => {
+                count_query("fetch");
+                self.repo.fetch(id).await
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// One profile as the profile routes answer it: a hit is served as the cached JSON
@@ -135,13 +121,13 @@ impl ProfileService {
     pub async fn get_json(
         &self,
         id: UserId,
-        prefetched: Option<Prefetched>,
+        look: Option<Look>,
     ) -> Result<Option<ProfileJson>, DbError> {
         let cache = &self.cache;
-        let prefetched = match prefetched {
+        let look = match look {
             Some(p) => Some(p),
             None if cache.may_read() => match cache.observe(Kind::Profile, id).await {
-                Ok(observed) => Some(Prefetched {
+                Ok(observed) => Some(Look {
                     observed,
                     at: Instant::now(),
                 }),
@@ -159,7 +145,7 @@ impl ProfileService {
             },
             None => None,
         };
-        if let Some(p) = &prefetched
+        if let Some(p) = &look
             && cache.may_read()
             && let Some(raw) = &p.observed.entry
             && let Some((cached_at, cached_at_text)) = profile_entry(raw, id)
@@ -174,7 +160,7 @@ impl ProfileService {
             }));
         }
         Ok(self
-            .read::<Profile>(Kind::Profile, id, prefetched)
+            .read::<Profile>(Kind::Profile, id, look)
             .await?
             .map(ProfileJson::Read))
     }
@@ -184,9 +170,9 @@ impl ProfileService {
         &self,
         kind: crate::domain::DocumentKind,
         id: UserId,
-        prefetched: Option<Prefetched>,
+        look: Option<Look>,
     ) -> Result<Option<Lookup<JsonObject>>, DbError> {
-        self.read::<JsonObject>(Kind::Document(kind), id, prefetched)
+        self.read::<JsonObject>(Kind::Document(kind), id, look)
             .await
     }
 
@@ -194,7 +180,7 @@ impl ProfileService {
         &self,
         kind: Kind,
         id: UserId,
-        prefetched: Option<Prefetched>,
+        look: Option<Look>,
     ) -> Result<Option<Lookup<V>>, DbError> {
         let cache = &self.cache;
         let from_db = |v: Option<V>| {
@@ -207,7 +193,7 @@ impl ProfileService {
             cache.count_misses(1);
             return Ok(from_db(V::load(self.repo.clone(), kind, id).await?));
         }
-        let (observed, seen_at) = match prefetched {
+        let (observed, seen_at) = match look {
             Some(p) => (p.observed, p.at),
             None => match cache.observe(kind, id).await {
                 Ok(o) => (o, Instant::now()),

@@ -13,9 +13,8 @@ use ::redis::{Cmd, Script, cmd, pipe};
 use async_trait::async_trait;
 use futures::future::try_join_all;
 
-use super::keys::EntryKeys;
-use super::store::{CacheStore, Fill, FillContent, HITS_KEY, MISSES_KEY, Observed};
-use crate::redis::{RedisClient, StoreError, key_slot};
+use super::{RedisClient, StoreError, key_slot};
+use crate::cache::{CacheStore, EntryKeys, Fill, FillContent, HITS_KEY, MISSES_KEY, Observed};
 
 /// The guarded fill. KEYS: entry, state, missing. ARGV: the state the reader saw ("" for
 /// none), "e" (entry) or "m" (tombstone), the entry, the TTL in ms. Stores only while the
@@ -132,13 +131,14 @@ fn millis(d: Duration) -> u64 {
 }
 
 fn short_reply() -> StoreError {
-    StoreError::Redis(::redis::RedisError::from((
-        ::redis::ErrorKind::Parse,
-        "a pipeline answered fewer replies than commands",
-    )))
+    StoreError::Redis {
+        message: "a pipeline answered fewer replies than commands".to_owned(),
+        unreachable: false,
+    }
 }
 
-fn mget(keys: &EntryKeys) -> Cmd {
+/// `MGET` of an entry and its companions (read with [`Observed::from_values`]).
+pub(crate) fn mget(keys: &EntryKeys) -> Cmd {
     let mut c = cmd("MGET");
     for k in keys.all() {
         c.arg(k);
@@ -174,10 +174,6 @@ impl CacheStore for RedisCacheStore {
 
     async fn eviction_policy(&self) -> Option<String> {
         self.client.eviction_policy().await
-    }
-
-    fn observe_command(&self, keys: &EntryKeys) -> Option<Cmd> {
-        Some(mget(keys))
     }
 
     async fn observe(&self, keys: &EntryKeys) -> Result<Observed, StoreError> {
