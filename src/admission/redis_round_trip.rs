@@ -52,8 +52,7 @@ fn as_flag(v: &Value) -> Result<bool, StoreError> {
 }
 
 fn as_observed(v: Value) -> Result<Observed, StoreError> {
-    let values: Vec<Option<String>> =
-        redis::from_redis_value(v).map_err(|_| unexpected("MGET"))?;
+    let values: Vec<Option<String>> = redis::from_redis_value(v).map_err(|_| unexpected("MGET"))?;
     Observed::from_values(values).ok_or_else(|| unexpected("MGET"))
 }
 

@@ -12,8 +12,8 @@ use super::extract::{Admin, Subject};
 use crate::cache::{CacheMetrics, keys_for};
 use crate::db::InvalidationScope;
 use crate::error::ApiError;
-use crate::store::StoreError;
 use crate::state::AppState;
+use crate::store::StoreError;
 
 /// Routes of this resource.
 pub fn router() -> OpenApiRouter<AppState> {

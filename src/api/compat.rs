@@ -1,8 +1,8 @@
 //! `/profile`: the caller's own profile, for the existing front ends that proxy it.
 //! These answer with the bare profile object, as the service they replace did.
 
-use axum::extract::State;
 use axum::Json;
+use axum::extract::State;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 

@@ -1,7 +1,7 @@
 //! `/api/profiles/{user_id}/settings` and `/preferences`: one JSON object each.
 
-use axum::extract::State;
 use axum::Json;
+use axum::extract::State;
 use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;

@@ -155,12 +155,11 @@ mod tests {
     #[test]
     fn only_gets_look_at_an_entry() {
         let get = classify(&Method::GET, "/api/profiles/{user_id}/settings").unwrap();
+        assert_eq!(get.entry, Some(Kind::Document(DocumentKind::Settings)));
         assert_eq!(
-            get.entry,
-            Some(Kind::Document(DocumentKind::Settings))
-        );
-        assert_eq!(
-            classify(&Method::HEAD, "/api/profiles/{user_id}").unwrap().entry,
+            classify(&Method::HEAD, "/api/profiles/{user_id}")
+                .unwrap()
+                .entry,
             None
         );
         assert_eq!(

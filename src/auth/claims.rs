@@ -90,10 +90,7 @@ fn token_id(jti: Option<&Value>, token: &str) -> std::sync::Arc<str> {
     match jti {
         Some(Value::String(s)) if !s.is_empty() => s.as_str().into(),
         Some(Value::Number(n)) => n.to_string().into(),
-        _ => token
-            .get(..REVOCATION_PREFIX_CHARS)
-            .unwrap_or(token)
-            .into(),
+        _ => token.get(..REVOCATION_PREFIX_CHARS).unwrap_or(token).into(),
     }
 }
 

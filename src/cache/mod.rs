@@ -42,7 +42,7 @@ use crate::store::StoreError;
 pub use entry::{Cached, entry_ttl, now_millis, profile_entry};
 pub use keys::{EntryKeys, Kind, document_key, keys_for, kinds_for, profile_key};
 pub use memory::MemoryCacheStore;
-pub use store::{CacheStore, Fill, FillContent, HITS_KEY, MISSES_KEY, Look, Observed};
+pub use store::{CacheStore, Fill, FillContent, HITS_KEY, Look, MISSES_KEY, Observed};
 pub use totals::CacheMetrics;
 
 /// How long a write's state token lives.

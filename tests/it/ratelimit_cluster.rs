@@ -1,5 +1,5 @@
 //! Rate limits on a test-owned 3-master Redis Cluster: exact across instances, every
-//! counter with a TTL, and the hot path's script and cache look (one MGET) sent together.
+//! counter with a TTL, and the admission step (revocation, count, cache look) fanned out.
 
 use std::time::Instant;
 
@@ -17,7 +17,7 @@ async fn exact_across_three_instances_on_a_cluster() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cached_read_sends_one_script_and_one_mget_on_a_cluster() {
+async fn a_cached_read_sends_one_admission_step_on_a_cluster() {
     let target = Target::new(StoreKind::Cluster).await;
     let (app, path, t) = app_with_cached_profile(
         TestApp::builder()
@@ -32,8 +32,16 @@ async fn a_cached_read_sends_one_script_and_one_mget_on_a_cluster() {
     let calls = cluster.commandstats();
     let calls_of = |n: &str| calls.get(n).copied().unwrap_or(0);
     assert_eq!(
-        (calls_of("evalsha"), calls_of("mget"), calls_of("get")),
-        (1, 1, 0),
-        "one script and one MGET (entry and companions) for a cached read: {calls:?}"
+        (
+            calls_of("exists"),
+            calls_of("incr"),
+            calls_of("exec"),
+            calls_of("mget"),
+            calls_of("get"),
+            calls_of("evalsha"),
+        ),
+        (2, 1, 1, 1, 0, 0),
+        "both revocation keys, one counter transaction and one MGET (entry and companions) \
+         for a cached read, no script: {calls:?}"
     );
 }

@@ -511,7 +511,7 @@ async fn a_cached_read_costs_one_round_trip() {
         assert!(Instant::now() < deadline, "settings never became cached");
     }
     // `GET /profile` reads the same entry as the profile route (a bare body: a miss would
-    // show as a second EVALSHA, the guarded fill).
+    // show as an EVALSHA, the guarded fill).
     for read in [
         path.as_str(),
         settings.as_str(),
@@ -529,17 +529,29 @@ async fn a_cached_read_costs_one_round_trip() {
         let trips = proxy.get() - before;
         let calls = server.commandstats();
         let calls_of = |n: &str| calls.get(n).copied().unwrap_or(0);
-        assert_eq!(calls_of("evalsha"), 1, "{read}: {calls:?}");
+        // The admission step: both revocation keys, the counter's transaction, the look.
+        assert_eq!(calls_of("exists"), 2, "{read}: {calls:?}");
+        assert_eq!(
+            (
+                calls_of("multi"),
+                calls_of("incr"),
+                calls_of("pexpire"),
+                calls_of("exec")
+            ),
+            (1, 1, 1, 1),
+            "{read}: {calls:?}"
+        );
         assert_eq!(calls_of("mget"), 1, "{read}: {calls:?}");
         for name in calls.keys() {
-            // The script's own commands, and this test's INFO and CONFIG.
+            // The admission step's commands, and this test's INFO and CONFIG.
             assert!(
                 [
-                    "evalsha",
-                    "mget",
+                    "exists",
+                    "multi",
                     "incr",
-                    "pttl",
-                    "pexpireat",
+                    "pexpire",
+                    "exec",
+                    "mget",
                     "info",
                     "config|resetstat"
                 ]
@@ -549,7 +561,7 @@ async fn a_cached_read_costs_one_round_trip() {
         }
         assert_eq!(
             trips, 1,
-            "{read}: the rate-limit script and the cache look share one round trip: {trips} ({calls:?})"
+            "{read}: revocation, the count and the cache look share one round trip: {trips} ({calls:?})"
         );
     }
 }
