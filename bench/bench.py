@@ -30,7 +30,8 @@ import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
-BIN = os.path.join(TARGET, "release/user-api")
+# USER_API_BIN measures another build (e.g. the commit before a change) with the same harness.
+BIN = os.environ.get("USER_API_BIN") or os.path.join(TARGET, "release/user-api")
 MINT = os.path.join(TARGET, "release/examples/mint")
 LIMITS = os.path.join(TARGET, "release/examples/limits")
 WRK_DIR = os.path.join(ROOT, "bench/wrk")

@@ -15,7 +15,7 @@
 //! When the store cannot be asked, each part falls back on its own: the count to the
 //! limiter's in-process counters (or a refusal with `fail = "closed"`), the look to none
 //! (the read goes to the database), and revocation to what this instance has already seen
-//! ([`revocations`]) and then to `auth.revocation_unavailable` (`allow` counts the
+//! ([`revocations`]: each token seen revoked, until its `exp`) and then to `auth.revocation_unavailable` (`allow` counts the
 //! request in `auth_revocation_unchecked_total`; `deny` refuses it).
 
 mod redis_round_trip;
@@ -84,8 +84,8 @@ pub enum Refusal {
 /// What the store said about revocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RevocationAnswer {
-    /// Whether `blacklist:<token>` and `blacklist:user:<sub>` exist.
-    Checked { token: bool, user: bool },
+    /// Whether `blacklist:<token>` or `blacklist:user:<sub>` exists.
+    Checked { revoked: bool },
     /// The store could not be asked.
     Unreachable,
     /// No revocation source (the embedded store).
@@ -144,7 +144,7 @@ impl Admission {
             Some(rt) => {
                 let reply = rt.ask(ask.caller, &counter, look_keys.as_ref()).await;
                 let revocation = match reply.revoked {
-                    Ok((token, user)) => RevocationAnswer::Checked { token, user },
+                    Ok(revoked) => RevocationAnswer::Checked { revoked },
                     Err(_) => RevocationAnswer::Unreachable,
                 };
                 let count = match reply.count {
@@ -185,9 +185,9 @@ impl Admission {
     fn judge_revocation(&self, caller: &Caller, answer: RevocationAnswer) -> Result<(), Refusal> {
         let inner = &self.inner;
         match answer {
-            RevocationAnswer::Checked { token, user } => {
-                inner.revocations.record(caller, token, user);
-                if token || user {
+            RevocationAnswer::Checked { revoked } => {
+                inner.revocations.record(caller, revoked);
+                if revoked {
                     metrics::counter!("auth_revoked_total").increment(1);
                     return Err(Refusal::Revoked);
                 }

@@ -1,10 +1,11 @@
 //! The admission round trip on Redis: the only place that knows which commands it takes.
 //!
 //! Single node, one pipeline:
-//! `EXISTS blacklist:<token>`, `EXISTS blacklist:user:<sub>`,
+//! `EXISTS blacklist:<token> blacklist:user:<sub>` (either one refuses the token),
 //! `MULTI; INCR rate:…; PEXPIRE rate:… <ttl> NX; EXEC` (see `crate::redis::counters`), and
 //! for a read `MGET <entry> <state> <missing>`.
-//! Cluster: the same parts, each sent to its slot's node, all at once.
+//! Cluster: the same parts, each sent to its slot's node, all at once (the two revocation
+//! keys as two `EXISTS`, since they live in different slots).
 
 use redis::{Cmd, Pipeline, Value, cmd, pipe};
 
@@ -22,8 +23,8 @@ pub(super) struct RoundTrip {
 
 /// What the store answered, part by part (on a cluster each part may fail on its own).
 pub(super) struct Reply {
-    /// Whether the token and the user are revoked.
-    pub revoked: Result<(bool, bool), StoreError>,
+    /// Whether the token or its user is revoked.
+    pub revoked: Result<bool, StoreError>,
     /// The counter after this request.
     pub count: Result<u64, StoreError>,
     /// The look at the entry, when one was asked for.
@@ -38,9 +39,11 @@ fn user_key(caller: &Caller) -> String {
     format!("blacklist:user:{}", caller.user_id)
 }
 
-fn exists(key: &str) -> Cmd {
+fn exists(keys: &[&str]) -> Cmd {
     let mut c = cmd("EXISTS");
-    c.arg(key);
+    for k in keys {
+        c.arg(*k);
+    }
     c
 }
 
@@ -72,8 +75,7 @@ impl RoundTrip {
             return self.fan_out(caller, counter, look).await;
         }
         let mut p = pipe();
-        p.add_command(exists(&token_key(caller)))
-            .add_command(exists(&user_key(caller)));
+        p.add_command(exists(&[&token_key(caller), &user_key(caller)]));
         push_count(&mut p, &counter.key, counter.ttl_ms);
         if let Some(keys) = look {
             p.add_command(mget(keys));
@@ -95,7 +97,7 @@ impl RoundTrip {
         counter: &CounterKey,
         look: Option<&EntryKeys>,
     ) -> Reply {
-        let (tk, uk) = (exists(&token_key(caller)), exists(&user_key(caller)));
+        let (tk, uk) = (exists(&[&token_key(caller)]), exists(&[&user_key(caller)]));
         let mut count_pipe = Pipeline::new();
         push_count(&mut count_pipe, &counter.key, counter.ttl_ms);
         let look_cmd = look.map(mget);
@@ -111,7 +113,7 @@ impl RoundTrip {
             },
         );
         let revoked = match (token, user) {
-            (Ok(t), Ok(u)) => as_flag(&t).and_then(|t| Ok((t, as_flag(&u)?))),
+            (Ok(t), Ok(u)) => as_flag(&t).and_then(|t| Ok(t || as_flag(&u)?)),
             (Err(e), _) | (_, Err(e)) => Err(e),
         };
         let count = count.and_then(|replies| {
@@ -131,7 +133,7 @@ impl RoundTrip {
 
 /// Splits the single-node pipeline's replies into the parts.
 fn read_pipeline(replies: Vec<Value>, with_look: bool) -> Reply {
-    let expected = 2 + COUNT_REPLIES + usize::from(with_look);
+    let expected = 1 + COUNT_REPLIES + usize::from(with_look);
     if replies.len() != expected {
         let e = unexpected("the admission pipeline");
         return Reply {
@@ -141,11 +143,9 @@ fn read_pipeline(replies: Vec<Value>, with_look: bool) -> Reply {
         };
     }
     let mut it = replies.into_iter();
-    let (token, user) = (it.next(), it.next());
-    let revoked = match (token, user) {
-        (Some(t), Some(u)) => as_flag(&t).and_then(|t| Ok((t, as_flag(&u)?))),
-        _ => Err(unexpected("EXISTS")),
-    };
+    let revoked = it
+        .next()
+        .map_or_else(|| Err(unexpected("EXISTS")), |v| as_flag(&v));
     let exec = it.nth(COUNT_REPLIES - 1);
     let count = exec
         .as_ref()

@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 
 use crate::domain::UserId;
 
@@ -49,10 +49,14 @@ impl Window {
     pub fn suffix(&self) -> String {
         let start =
             DateTime::<Utc>::from_timestamp_millis(self.start_ms as i64).unwrap_or_default();
+        // Plain integer formatting: chrono's strftime parses its pattern on every call, and
+        // this runs on every limited request.
+        let (y, mo, d, h) = (start.year(), start.month(), start.day(), start.hour());
         if self.secs == 3600 {
-            start.format("%Y%m%d%H").to_string()
+            format!("{y:04}{mo:02}{d:02}{h:02}")
         } else {
-            start.format("%Y%m%d%H%M%S").to_string()
+            let (mi, s) = (start.minute(), start.second());
+            format!("{y:04}{mo:02}{d:02}{h:02}{mi:02}{s:02}")
         }
     }
 

@@ -530,7 +530,7 @@ async fn a_cached_read_costs_one_round_trip() {
         let calls = server.commandstats();
         let calls_of = |n: &str| calls.get(n).copied().unwrap_or(0);
         // The admission step: both revocation keys, the counter's transaction, the look.
-        assert_eq!(calls_of("exists"), 2, "{read}: {calls:?}");
+        assert_eq!(calls_of("exists"), 1, "{read}: {calls:?}");
         assert_eq!(
             (
                 calls_of("multi"),
