@@ -71,15 +71,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init_logging(&config.server.log_format);
+    let log_guard = telemetry::init_logging(
+        &config.server.log_format,
+        config.server.log_level.as_deref(),
+    );
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
+            drop(log_guard);
             eprintln!("user-api: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     let result = runtime.block_on(run(cli.command.unwrap_or(Command::Serve), config));
+    // Flushes the log lines still buffered, before anything else reaches stderr.
+    drop(log_guard);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

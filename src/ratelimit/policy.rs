@@ -65,6 +65,7 @@ impl Policy {
         let policy = match template {
             "/api/profiles/{user_id}"
             | "/api/profiles/me"
+            | "/api/v1/profiles/me"
             | "/api/profiles/{user_id}/settings"
             | "/api/profiles/{user_id}/preferences"
             | "/profile" => {
@@ -127,6 +128,11 @@ mod tests {
             read
         );
         assert_eq!(class(Method::GET, "/profile"), read);
+        assert_eq!(class(Method::GET, "/api/v1/profiles/me"), read);
+        assert_eq!(class(Method::PUT, "/api/v1/profiles/me"), update);
+        assert_eq!(class(Method::PUT, "/api/profiles/me"), update);
+        assert_eq!(class(Method::PATCH, "/api/profiles/me"), update);
+        assert_eq!(class(Method::DELETE, "/profile"), update);
         assert_eq!(class(Method::POST, "/api/profiles"), update);
         assert_eq!(class(Method::PUT, "/api/profiles/{user_id}"), update);
         assert_eq!(class(Method::PATCH, "/api/profiles/{user_id}"), update);
