@@ -180,6 +180,16 @@ pub async fn bound_request(
     }
 }
 
+/// `router` under the panic catcher and, outside it, [`record_metrics`]: a panic is then
+/// counted, logged and answered as a JSON 500.
+pub fn observed<S: Clone + Send + Sync + 'static>(router: axum::Router<S>) -> axum::Router<S> {
+    router
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            panic_response,
+        ))
+        .layer(axum::middleware::from_fn(record_metrics))
+}
+
 /// Counts requests and their latency by route template and status, the requests in
 /// progress and the exceptions (a 5xx answer or a panic), and writes the one
 /// `Request completed` line per request (SPEC 7; docs/operations.md). Runs outside the
@@ -294,4 +304,46 @@ pub fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response<Body> {
     let mut res = ApiError::internal("handler panicked").into_response();
     res.extensions_mut().insert(Panicked);
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No route of the service panics on purpose, so the catcher is checked on one here,
+    /// over real HTTP.
+    #[tokio::test]
+    async fn a_panic_is_counted_and_answered_as_a_500() {
+        let metrics = crate::telemetry::metrics_handle();
+        crate::telemetry::register_known_series();
+        let app = observed(axum::Router::new().route(
+            "/boom/{n}",
+            axum::routing::get(|| async {
+                if true {
+                    panic!("deliberate");
+                }
+            }),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let res = reqwest::get(format!("http://{addr}/boom/1")).await.unwrap();
+        assert_eq!(res.status(), 500);
+        let body: serde_json::Value = res.json().await.unwrap();
+        assert!(body["detail"].is_string(), "{body}");
+        let text = metrics.render();
+        assert!(
+            text.contains("http_exceptions_total{kind=\"panic\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("http_exceptions_total{kind=\"server_error\"} 0"),
+            "a panic is not also a plain 5xx: {text}"
+        );
+        assert!(
+            text.contains("route=\"/boom/{n}\",status=\"500\""),
+            "{text}"
+        );
+        assert!(text.contains("http_requests_in_progress 0"), "{text}");
+    }
 }

@@ -74,14 +74,13 @@ pub fn router(state: AppState) -> Router {
         Some(cors) => api.layer(cors),
         None => api,
     };
-    api.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+    let api = api
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(edge::refuse_oversized_body))
-        .layer(from_fn_with_state(state.clone(), layers::bound_request))
-        // Inside the metrics and the log line, so a panic is counted and logged as its 500.
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            layers::panic_response,
-        ))
-        .layer(axum::middleware::from_fn(layers::record_metrics))
+        .layer(from_fn_with_state(state.clone(), layers::bound_request));
+    // The panic catcher inside the metrics and the log line, so a panic is counted and
+    // logged as the 500 it is answered with.
+    layers::observed(api)
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
                 .make_span_with(request_id::span_for)

@@ -35,3 +35,4 @@ mod ratelimit_redis;
 mod repo;
 mod request_id;
 mod shutdown;
+mod stack_ops;
