@@ -153,7 +153,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let app = App::build(config).await?;
     tracing::info!(addr = %app.local_addr(), "user-api listening");
     if dev_mode {
-        eprintln!("{}", dev_mode_hint(app.local_addr(), &keys_dir, store));
+        // After the WARN lines it refers to, which may still be queued.
+        telemetry::eprint_in_order(&format!(
+            "{}\n",
+            dev_mode_hint(app.local_addr(), &keys_dir, store)
+        ));
     }
     let token = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());

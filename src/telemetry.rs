@@ -1,10 +1,10 @@
 //! Logging and the metrics recorder, each installed once per process.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tracing_appender::non_blocking::WorkerGuard;
+use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 /// Installs the tracing subscriber on stderr, JSON or human-readable (`server.log_format`:
@@ -24,6 +24,7 @@ pub fn init_logging(format: &str, level: Option<&str>) -> WorkerGuard {
         Stderr::Redirected
     };
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let _ = LOG_WRITER.set(writer.clone());
     // stderr, so that `TOKEN=$(user-api token …)` captures the token and nothing else.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -36,6 +37,20 @@ pub fn init_logging(format: &str, level: Option<&str>) -> WorkerGuard {
         builder.try_init()
     };
     guard
+}
+
+/// The log's non-blocking writer, for text that must stay in order with the log lines.
+static LOG_WRITER: OnceLock<NonBlocking> = OnceLock::new();
+
+/// Writes `text` to stderr behind the log lines already queued (a plain `eprint!` could
+/// overtake them), or straight to stderr when logging is not set up.
+pub fn eprint_in_order(text: &str) {
+    match LOG_WRITER.get() {
+        Some(writer) => {
+            let _ = writer.clone().write_all(text.as_bytes());
+        }
+        None => eprint!("{text}"),
+    }
 }
 
 /// Where stderr, and so the log, goes.
