@@ -56,9 +56,11 @@ pub struct Config {
 pub struct JwtConfig {
     /// `JWT_PUBLIC_KEY_FILE`: PEM RSA public key.
     pub public_key_file: Option<PathBuf>,
-    /// `JWKS_URL`: the auth service's JWKS document (https unless `jwks_allow_http`).
+    /// `JWKS_URL`: the auth service's JWKS document: https, or plain http to an internal
+    /// host (loopback, private, link-local, a name without dots, host.docker.internal).
     pub jwks_url: Option<String>,
-    /// Allow a plain `http://` JWKS URL (a sidecar on localhost); off by default.
+    /// No longer used (the host decides whether plain http is allowed); still accepted,
+    /// with a warning, so existing configuration files load.
     pub jwks_allow_http: bool,
     /// `JWT_ISS`: required issuer, when set.
     pub iss: Option<String>,
@@ -218,6 +220,12 @@ pub struct ServerConfig {
     /// stderr is a terminal, `json` otherwise.
     pub log_format: String,
     pub shutdown_grace_secs: u64,
+    /// `LOG_LEVEL`: `debug`, `info`, `warning`, `error` or `critical` (the stack's names);
+    /// `RUST_LOG`, when set, wins. Unset: `info`.
+    pub log_level: Option<String>,
+    /// `CORS_ORIGINS`: browser origins allowed to call the API (`scheme://host[:port]`);
+    /// empty (the default): no CORS headers at all.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for Config {
@@ -391,6 +399,8 @@ impl Default for ServerConfig {
             request_timeout_ms: 15_000,
             log_format: "auto".into(),
             shutdown_grace_secs: 10,
+            log_level: None,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -426,6 +436,7 @@ impl Config {
 
     /// Loads with `env` standing in for the process environment (testable).
     pub fn load_from(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let stack = StackEnv::read(&env)?;
         // What the operator set, without the defaults (to tell a chosen address from the default).
         let mut fig = Figment::new();
         if let Some(path) = env("USER_API_CONFIG").filter(|p| !p.is_empty()) {
@@ -480,7 +491,8 @@ impl Config {
             .merge(fig)
             .extract()
             .map_err(Box::new)?;
-        if !addr_chosen && config.jwt_dev_mode() {
+        let host_chosen = stack.apply(&mut config, addr_chosen);
+        if !host_chosen && config.jwt_dev_mode() {
             // Dev mode listens on loopback unless told otherwise (SPEC 1).
             config.addr = SocketAddr::from(([127, 0, 0, 1], config.addr.port()));
         }
@@ -510,6 +522,8 @@ impl Config {
         let jwks_named = (self.jwt.jwks_url.as_ref()).is_none_or(|u| !u.trim().is_empty());
         let srv = &self.server;
         let log_format = matches!(self.server.log_format.as_str(), "auto" | "json" | "pretty");
+        let log_level = (srv.log_level.as_deref()).is_none_or(|l| log_directive(l).is_some());
+        let cors = srv.cors_origins.iter().all(|o| cors_origin(o).is_ok());
         #[rustfmt::skip]
         let checks = [
             // key                          holds                                        else
@@ -546,6 +560,8 @@ impl Config {
             ("server.max_connections",      srv.max_connections <= 1_000_000,            "must be at most 1000000"),
             ("server.request_timeout_ms",   srv.request_timeout_ms > 0,                  POSITIVE),
             ("server.log_format",           log_format,                                  "must be `auto`, `json` or `pretty`"),
+            ("server.log_level",            log_level,                                   LOG_LEVELS),
+            ("server.cors_origins",         cors,                                        "must be origins like https://app.example.com"),
         ];
         match checks.into_iter().find(|&(_, holds, _)| !holds) {
             Some((key, _, reason)) => Err(ConfigError::Invalid {
@@ -598,6 +614,145 @@ impl Config {
             });
         }
         Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The stack's variable names (SPEC 7): PORT, HOST, PROFILE_CACHE_TTL_SEC, LOG_LEVEL,
+// CORS_ORIGINS. They are applied after every other layer, so each wins over the config
+// file and the `USER_API__…` form of the key it sets; PORT and HOST only apply while no
+// `addr` is chosen (USER_API_ADDR, USER_API__ADDR or the file), which wins over both.
+// Set but empty is an error naming the variable. docs/operations.md lists them.
+// ---------------------------------------------------------------------------------------
+
+/// The accepted `LOG_LEVEL` values, for errors.
+const LOG_LEVELS: &str = "must be debug, info, warning, error or critical";
+
+/// The tracing directive of a `LOG_LEVEL` value (the Python service's level names, any
+/// case): tracing has no `critical`, so it means `error`.
+pub fn log_directive(level: &str) -> Option<&'static str> {
+    match level.trim().to_ascii_lowercase().as_str() {
+        "debug" => Some("debug"),
+        "info" => Some("info"),
+        "warning" | "warn" => Some("warn"),
+        "error" | "critical" => Some("error"),
+        _ => None,
+    }
+}
+
+/// A CORS origin in the form browsers send it (`scheme://host[:port]`, default port
+/// left out), or why `value` is not one.
+pub fn cors_origin(value: &str) -> Result<String, String> {
+    let bad = |why: &str| Err(format!("`{value}` is not an origin ({why})"));
+    if value.trim() == "*" {
+        return bad("this is an allow-list: name each origin");
+    }
+    let url = match reqwest::Url::parse(value.trim()) {
+        Ok(u) => u,
+        Err(e) => return bad(&e.to_string()),
+    };
+    if !matches!(url.scheme(), "http" | "https") {
+        return bad("the scheme must be http or https");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return bad("no user name or password");
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return bad("no path, query or fragment");
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
+/// What the stack's variables asked for, read before the other layers are merged.
+#[derive(Default)]
+struct StackEnv {
+    host: Option<std::net::IpAddr>,
+    port: Option<u16>,
+    cache_ttl_secs: Option<u64>,
+    log_level: Option<String>,
+    cors_origins: Option<Vec<String>>,
+}
+
+impl StackEnv {
+    fn read(env: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            }
+        }
+        let get = |key: &'static str| match env(key) {
+            Some(v) if v.trim().is_empty() => Err(invalid(key, "is set but empty; unset it")),
+            other => Ok(other.map(|v| v.trim().to_owned())),
+        };
+        let mut out = Self::default();
+        if let Some(v) = get("HOST")? {
+            out.host = Some(v.parse().map_err(|_| {
+                invalid(
+                    "HOST",
+                    format!("is `{v}`, not an IP address (e.g. 0.0.0.0)"),
+                )
+            })?);
+        }
+        if let Some(v) = get("PORT")? {
+            out.port =
+                Some(v.parse().map_err(|_| {
+                    invalid("PORT", format!("is `{v}`, not a port number (0-65535)"))
+                })?);
+        }
+        if let Some(v) = get("PROFILE_CACHE_TTL_SEC")? {
+            out.cache_ttl_secs = Some(v.parse().map_err(|_| {
+                invalid(
+                    "PROFILE_CACHE_TTL_SEC",
+                    format!("is `{v}`, not a number of seconds"),
+                )
+            })?);
+        }
+        if let Some(v) = get("LOG_LEVEL")? {
+            if log_directive(&v).is_none() {
+                return Err(invalid("LOG_LEVEL", format!("is `{v}`; {LOG_LEVELS}")));
+            }
+            out.log_level = Some(v);
+        }
+        if let Some(v) = get("CORS_ORIGINS")? {
+            let origins = v
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(|o| cors_origin(o).map_err(|e| invalid("CORS_ORIGINS", e)))
+                .collect::<Result<Vec<_>, _>>()?;
+            if origins.is_empty() {
+                return Err(invalid(
+                    "CORS_ORIGINS",
+                    "names no origin; unset it for none",
+                ));
+            }
+            out.cors_origins = Some(origins);
+        }
+        Ok(out)
+    }
+
+    /// Applies what was asked for; true when the listening host was chosen (by `addr`
+    /// or HOST), so dev mode's loopback default does not apply.
+    fn apply(self, config: &mut Config, addr_chosen: bool) -> bool {
+        if !addr_chosen {
+            if let Some(host) = self.host {
+                config.addr.set_ip(host);
+            }
+            if let Some(port) = self.port {
+                config.addr.set_port(port);
+            }
+        }
+        if let Some(ttl) = self.cache_ttl_secs {
+            config.cache.ttl_secs = ttl;
+        }
+        if let Some(level) = self.log_level {
+            config.server.log_level = Some(level);
+        }
+        if let Some(origins) = self.cors_origins {
+            config.server.cors_origins = origins;
+        }
+        addr_chosen || self.host.is_some()
     }
 }
 
@@ -810,6 +965,124 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("trusted_proxies"), "{e}");
+    }
+
+    #[test]
+    fn port_and_host_apply_when_no_address_is_chosen() {
+        let key = [("JWT_PUBLIC_KEY_FILE", "/k.pem")];
+        let with = |vars: &[(&str, &str)]| load(&[vars, &key[..]].concat()).unwrap().addr;
+        assert_eq!(with(&[("PORT", "8005")]).to_string(), "0.0.0.0:8005");
+        assert_eq!(with(&[("HOST", "10.1.2.3")]).to_string(), "10.1.2.3:8001");
+        assert_eq!(
+            with(&[("HOST", "::"), ("PORT", "9000")]).to_string(),
+            "[::]:9000"
+        );
+        // USER_API_ADDR wins over both.
+        let chosen = [("USER_API_ADDR", "127.0.0.1:7000"), ("PORT", "9000")];
+        assert_eq!(with(&chosen).to_string(), "127.0.0.1:7000");
+        // Dev mode: PORT alone keeps the loopback default; HOST is a choice, checked as one.
+        let c = load(&[("PORT", "8005")]).unwrap();
+        assert_eq!(c.addr.to_string(), "127.0.0.1:8005");
+        assert!(c.check_serve().is_ok());
+        let c = load(&[("HOST", "0.0.0.0")]).unwrap();
+        assert_eq!(c.addr.to_string(), "0.0.0.0:8001");
+        assert!(c.check_serve().is_err(), "dev mode refuses a public HOST");
+    }
+
+    #[test]
+    fn stack_variables_set_but_empty_or_bad_name_themselves() {
+        for var in [
+            "PORT",
+            "HOST",
+            "PROFILE_CACHE_TTL_SEC",
+            "LOG_LEVEL",
+            "CORS_ORIGINS",
+        ] {
+            let e = load(&[(var, " ")]).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("`{var}`")) && e.contains("empty"),
+                "{e}"
+            );
+        }
+        #[rustfmt::skip]
+        let bad = [
+            ("PORT", "80a"), ("PORT", "70000"), ("HOST", "example.com"),
+            ("PROFILE_CACHE_TTL_SEC", "5m"), ("PROFILE_CACHE_TTL_SEC", "0"),
+            ("LOG_LEVEL", "verbose"), ("CORS_ORIGINS", "*"),
+            ("CORS_ORIGINS", "http://a.example,ftp://b.example"),
+            ("CORS_ORIGINS", "https://a.example/app"), ("CORS_ORIGINS", ","),
+        ];
+        for (var, value) in bad {
+            let e = load(&[(var, value)]).unwrap_err().to_string();
+            // A TTL of 0 parses and is refused by the check of the key it sets.
+            let named = if value == "0" { "cache.ttl_secs" } else { var };
+            assert!(e.contains(named), "{var}={value}: {e}");
+        }
+    }
+
+    #[test]
+    fn profile_cache_ttl_wins_over_the_file() {
+        let dir = std::env::temp_dir().join(format!("user-api-ttl-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(&f, "[cache]\nttl_secs = 120\nrefresh_ahead_secs = 10\n").unwrap();
+        let file = ("USER_API_CONFIG", f.to_str().unwrap());
+        assert_eq!(load(&[file]).unwrap().cache.ttl_secs, 120);
+        let c = load(&[file, ("PROFILE_CACHE_TTL_SEC", "600")]).unwrap();
+        assert_eq!(c.cache.ttl_secs, 600);
+        assert_eq!(
+            load(&[("PROFILE_CACHE_TTL_SEC", "900")])
+                .unwrap()
+                .cache
+                .ttl_secs,
+            900
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn log_level_takes_the_stack_names() {
+        #[rustfmt::skip]
+        let cases = [
+            ("debug", "debug"), ("INFO", "info"), ("warning", "warn"), ("Warn", "warn"),
+            ("error", "error"), ("critical", "error"),
+        ];
+        for (given, directive) in cases {
+            let c = load(&[("LOG_LEVEL", given)]).unwrap();
+            assert_eq!(
+                log_directive(c.server.log_level.as_deref().unwrap()),
+                Some(directive)
+            );
+        }
+        let mut c = Config::default();
+        c.server.log_level = Some("loud".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("server.log_level"), "{e}");
+    }
+
+    #[test]
+    fn cors_origins_are_normalised_origins() {
+        let c = load(&[(
+            "CORS_ORIGINS",
+            "http://localhost:3000, https://App.Example.com:443/ ,http://[::1]:8080",
+        )])
+        .unwrap();
+        assert_eq!(
+            c.server.cors_origins,
+            [
+                "http://localhost:3000",
+                "https://app.example.com",
+                "http://[::1]:8080"
+            ]
+        );
+        assert!(
+            load(&[]).unwrap().server.cors_origins.is_empty(),
+            "none by default"
+        );
+        let mut c = Config::default();
+        c.server.cors_origins = vec!["not an origin".into()];
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("server.cors_origins"), "{e}");
     }
 
     #[test]

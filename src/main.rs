@@ -71,15 +71,21 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init_logging(&config.server.log_format);
+    let log_guard = telemetry::init_logging(
+        &config.server.log_format,
+        config.server.log_level.as_deref(),
+    );
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
+            drop(log_guard);
             eprintln!("user-api: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     let result = runtime.block_on(run(cli.command.unwrap_or(Command::Serve), config));
+    // Flushes the log lines still buffered, before anything else reaches stderr.
+    drop(log_guard);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -147,7 +153,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let app = App::build(config).await?;
     tracing::info!(addr = %app.local_addr(), "user-api listening");
     if dev_mode {
-        eprintln!("{}", dev_mode_hint(app.local_addr(), &keys_dir, store));
+        // After the WARN lines it refers to, which may still be queued.
+        telemetry::eprint_in_order(&format!(
+            "{}\n",
+            dev_mode_hint(app.local_addr(), &keys_dir, store)
+        ));
     }
     let token = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());

@@ -3,6 +3,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -15,7 +16,7 @@ use crate::state::AppState;
 
 /// Routes of this resource.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(get_own, upsert_own, update_own))
+    OpenApiRouter::new().routes(routes!(get_own, upsert_own, update_own, delete_own))
 }
 
 /// The caller's profile, created empty on first use.
@@ -69,4 +70,19 @@ pub async fn update_own(
         .await?
         .map(Json)
         .ok_or(ApiError::NotFound("Profile not found"))
+}
+
+/// Deletes the caller's profile with its settings and preferences (404 when there is
+/// none), as `DELETE /api/profiles/{user_id}` does.
+#[utoipa::path(delete, path = "/profile", tag = "compat", security(("bearer" = [])),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete_own(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<StatusCode, ApiError> {
+    if state.profiles.delete(caller.user_id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("Profile not found"))
+    }
 }

@@ -5,6 +5,7 @@ mod admin;
 mod admit;
 mod batch;
 mod compat;
+mod cors;
 mod documents;
 mod dto;
 mod edge;
@@ -63,22 +64,28 @@ pub fn router(state: AppState) -> Router {
         .split_for_parts();
     openapi::add_common_responses(&mut openapi);
 
-    api.merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+    let api = api
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .fallback(|| async { ApiError::NotFound("Not found") })
-        .method_not_allowed_fallback(edge::method_not_allowed)
+        .method_not_allowed_fallback(edge::method_not_allowed);
+    // Outside authentication: a preflight carries no token.
+    let api = match cors::layer(&state.config) {
+        Some(cors) => api.layer(cors),
+        None => api,
+    };
+    let api = api
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(edge::refuse_oversized_body))
-        .layer(from_fn_with_state(state.clone(), layers::bound_request))
-        .layer(from_fn_with_state(state.clone(), layers::record_metrics))
+        .layer(from_fn_with_state(state.clone(), layers::bound_request));
+    // The panic catcher inside the metrics and the log line, so a panic is counted and
+    // logged as the 500 it is answered with.
+    layers::observed(api)
         .layer(
             tower_http::trace::TraceLayer::new_for_http()
                 .make_span_with(request_id::span_for)
                 .on_request(())
-                .on_response(request_id::log_response),
+                .on_response(()),
         )
         .layer(axum::middleware::from_fn(request_id::assign))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            layers::panic_response,
-        ))
         .with_state(state)
 }

@@ -1,4 +1,4 @@
-//! Operations: liveness, readiness, Prometheus metrics.
+//! Operations: liveness, readiness, the stack's `/` and `/healthz`, Prometheus metrics.
 
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use crate::state::AppState;
 /// Routes of this resource.
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(root))
         .routes(routes!(health))
         .routes(routes!(healthz))
         .routes(routes!(ready))
@@ -28,6 +29,25 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct Health {
     /// Always "ok".
     pub status: &'static str,
+}
+
+/// `GET /` body, as the stack's other services expect it.
+#[derive(Serialize, ToSchema)]
+pub struct Root {
+    /// Always "User Profile API is running".
+    pub message: &'static str,
+}
+
+/// `/healthz` body, in the stack's shape (SPEC 7).
+#[derive(Serialize, ToSchema)]
+pub struct StackHealth {
+    /// "healthy"; "degraded" when only Redis fails; "unhealthy" when the database fails.
+    pub status: &'static str,
+    /// "ok", or "error" when `SELECT 1` fails.
+    pub database: &'static str,
+    /// "ok", or "error" when `PING` fails; "embedded" without a Redis (the in-process
+    /// store, nothing to check).
+    pub redis: &'static str,
 }
 
 /// Readiness body.
@@ -53,10 +73,41 @@ pub async fn health() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Liveness, Kubernetes spelling.
-#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Health)))]
-pub async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok" })
+/// The stack's "is it there" probe.
+#[utoipa::path(get, path = "/", tag = "ops", responses((status = 200, body = Root)))]
+pub async fn root() -> Json<Root> {
+    Json(Root {
+        message: "User Profile API is running",
+    })
+}
+
+/// The stack's health check: `SELECT 1` on the database and `PING` to Redis, each
+/// bounded. 503 when the database fails; Redis alone failing is "degraded" (200): the
+/// service still serves from the database.
+#[utoipa::path(get, path = "/healthz", tag = "ops",
+    responses((status = 200, body = StackHealth), (status = 503, body = StackHealth)))]
+pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
+    let ping = |ok: bool| if ok { "ok" } else { "error" };
+    let database = ping(matches!(
+        tokio::time::timeout(Duration::from_secs(2), state.profiles.repo().ping()).await,
+        Ok(Ok(()))
+    ));
+    let redis = match &state.redis {
+        // The client's own per-call timeout and circuit breaker bound this.
+        Some(client) => ping(client.query::<String>(&::redis::cmd("PING")).await.is_ok()),
+        None => "embedded",
+    };
+    let (status, code) = match (database, redis) {
+        ("error", _) => ("unhealthy", StatusCode::SERVICE_UNAVAILABLE),
+        (_, "error") => ("degraded", StatusCode::OK),
+        _ => ("healthy", StatusCode::OK),
+    };
+    let body = StackHealth {
+        status,
+        database,
+        redis,
+    };
+    (code, Json(body))
 }
 
 /// Readiness: 200 while the database answers (Redis down is only degraded), else 503.

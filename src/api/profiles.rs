@@ -19,7 +19,8 @@ use crate::state::AppState;
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_profile))
-        .routes(routes!(get_me))
+        .routes(routes!(get_me, update_me, patch_me))
+        .routes(routes!(get_me_v1, update_me_v1))
         .routes(routes!(
             get_profile,
             update_profile,
@@ -63,6 +64,18 @@ pub async fn get_profile(
     security(("bearer" = [])),
     responses((status = 200, body = ProfileRead), (status = 404, body = ErrorBody)))]
 pub async fn get_me(
+    State(state): State<AppState>,
+    admitted: AdmittedRead,
+) -> Result<Response, ApiError> {
+    read(&state, admitted).await
+}
+
+/// Reads the caller's own profile: `/api/profiles/me` under the path the stack's other
+/// services call.
+#[utoipa::path(get, path = "/api/v1/profiles/me", tag = "profiles",
+    security(("bearer" = [])),
+    responses((status = 200, body = ProfileRead), (status = 404, body = ErrorBody)))]
+pub async fn get_me_v1(
     State(state): State<AppState>,
     admitted: AdmittedRead,
 ) -> Result<Response, ApiError> {
@@ -140,6 +153,48 @@ pub async fn patch_profile(
     body: JsonBody,
 ) -> Result<Json<ProfileUpdated>, ApiError> {
     apply_update(&state, id, &body).await
+}
+
+/// Updates the caller's own profile: the fields sent (`null` clears one).
+#[utoipa::path(put, path = "/api/profiles/me", tag = "profiles",
+    request_body = ProfilePatchInput,
+    security(("bearer" = [])),
+    responses((status = 200, body = ProfileUpdated), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn update_me(
+    State(state): State<AppState>,
+    Subject(me): Subject,
+    body: JsonBody,
+) -> Result<Json<ProfileUpdated>, ApiError> {
+    apply_update(&state, me, &body).await
+}
+
+/// Same as `PUT /api/profiles/me`.
+#[utoipa::path(patch, path = "/api/profiles/me", tag = "profiles",
+    request_body = ProfilePatchInput,
+    security(("bearer" = [])),
+    responses((status = 200, body = ProfileUpdated), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn patch_me(
+    State(state): State<AppState>,
+    Subject(me): Subject,
+    body: JsonBody,
+) -> Result<Json<ProfileUpdated>, ApiError> {
+    apply_update(&state, me, &body).await
+}
+
+/// `PUT /api/profiles/me` under the path the stack's other services call.
+#[utoipa::path(put, path = "/api/v1/profiles/me", tag = "profiles",
+    request_body = ProfilePatchInput,
+    security(("bearer" = [])),
+    responses((status = 200, body = ProfileUpdated), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn update_me_v1(
+    State(state): State<AppState>,
+    Subject(me): Subject,
+    body: JsonBody,
+) -> Result<Json<ProfileUpdated>, ApiError> {
+    apply_update(&state, me, &body).await
 }
 
 /// Deletes a profile with its settings and preferences.

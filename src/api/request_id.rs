@@ -1,9 +1,8 @@
 //! Request ids: every request gets one (the client's `X-Request-Id` when it is a sane
 //! token, else a new UUID), the response carries it back, and every log line written
 //! while the request is handled carries it (in the request's span), so one request can
-//! be followed across the load balancer, the instances and their logs.
-
-use std::time::Duration;
+//! be followed across the load balancer, the instances and their logs. The one
+//! `Request completed` line per request is written with the metrics (`layers::record_metrics`).
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -59,15 +58,6 @@ pub fn span_for(req: &Request) -> Span {
         method = %req.method(),
         path = %req.uri().path(),
     )
-}
-
-/// One debug line per answered request (status and latency), inside the request's span.
-pub fn log_response(res: &Response<Body>, latency: Duration, _: &Span) {
-    tracing::debug!(
-        status = res.status().as_u16(),
-        latency_ms = latency.as_secs_f64() * 1000.0,
-        "answered"
-    );
 }
 
 #[cfg(test)]

@@ -42,6 +42,8 @@ const PROFILE: Option<Kind> = Some(Kind::Profile);
 const TABLE: &[Row] = &[
     row("/api/profiles/{user_id}", Read, Update, PROFILE),
     row("/api/profiles/me", Read, Update, PROFILE),
+    // The stack's alias of `/api/profiles/me` (SPEC 7).
+    row("/api/v1/profiles/me", Read, Update, PROFILE),
     row("/profile", Read, Update, PROFILE),
     row(
         "/api/profiles/{user_id}/settings",
@@ -120,6 +122,7 @@ mod tests {
         for t in [
             "/api/profiles/{user_id}",
             "/api/profiles/me",
+            "/api/v1/profiles/me",
             "/api/profiles/{user_id}/settings",
             "/api/profiles/{user_id}/preferences",
             "/profile",

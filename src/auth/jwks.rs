@@ -94,20 +94,24 @@ impl JwksCache {
     pub(crate) fn new(url: &str, cfg: &JwtConfig) -> Result<Self, AuthSetupError> {
         let parsed =
             reqwest::Url::parse(url).map_err(|e| AuthSetupError::Jwks(format!("bad URL ({e})")))?;
+        if cfg.jwks_allow_http {
+            tracing::warn!(
+                "jwt.jwks_allow_http is ignored: plain http is allowed for internal hosts only, \
+                 whatever it says (docs/operations.md)"
+            );
+        }
         match parsed.scheme() {
             "https" => {}
-            "http" if cfg.jwks_allow_http => {
-                tracing::warn!(
-                    url = %redact_url(url),
-                    "JWKS over plain http (jwt.jwks_allow_http): keys can be swapped in transit"
-                );
+            "http" if plain_http_allowed(&parsed) => {
+                tracing::info!(url = %redact_url(url), "JWKS over plain http to an internal host");
             }
             "http" => {
-                return Err(AuthSetupError::Jwks(
-                    "must be an https URL (set jwt.jwks_allow_http = true to allow plain http, \
-                     e.g. to a sidecar on localhost)"
-                        .into(),
-                ));
+                return Err(AuthSetupError::Jwks(format!(
+                    "JWKS_URL must be https for `{}`: plain http is allowed only to a loopback, \
+                     private or link-local address, a name without dots (a compose service) \
+                     or host.docker.internal",
+                    parsed.host_str().unwrap_or_default()
+                )));
             }
             _ => return Err(AuthSetupError::Jwks("must be an https URL".into())),
         }
@@ -367,6 +371,36 @@ fn usable_key(value: serde_json::Value) -> Option<(Option<String>, DecodingKey)>
     Some((jwk.common.key_id.clone(), key))
 }
 
+/// Whether a JWKS may be fetched over plain http from `url`'s host (SPEC 7): only where
+/// the traffic stays inside the machine or the stack's network, so no one on the way can
+/// swap the keys. Loopback, private (RFC 1918, fc00::/7) and link-local addresses, a name
+/// without dots (`auth`, `localhost`: a compose service or a local name) and
+/// `host.docker.internal`; every other name and address needs https.
+pub(crate) fn plain_http_allowed(url: &reqwest::Url) -> bool {
+    use std::net::{IpAddr, Ipv4Addr};
+    fn internal_v4(ip: Ipv4Addr) -> bool {
+        ip.is_loopback() || ip.is_private() || ip.is_link_local()
+    }
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => internal_v4(ip),
+        Ok(IpAddr::V6(ip)) => {
+            let first = ip.segments()[0];
+            ip.is_loopback()
+                || first & 0xfe00 == 0xfc00 // unique local, fc00::/7
+                || first & 0xffc0 == 0xfe80 // link-local, fe80::/10
+                || ip.to_ipv4_mapped().is_some_and(internal_v4)
+        }
+        Err(_) => {
+            let name = host.to_ascii_lowercase();
+            !name.contains('.') || name == "host.docker.internal"
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,6 +442,44 @@ mod tests {
         let set = parse_jwks(json!({"keys": [jwk]}).to_string().as_bytes()).expect("set");
         assert!(matches!(set.find(Some("anything")), KeyMatch::Found(_)));
         assert!(matches!(set.find(None), KeyMatch::Found(_)));
+    }
+
+    #[test]
+    fn plain_http_only_to_internal_hosts() {
+        #[rustfmt::skip]
+        let cases = [
+            ("http://127.0.0.1:8002/.well-known/jwks.json", true),
+            ("http://127.8.9.10/jwks.json",                true),
+            ("http://[::1]:8002/jwks.json",                true),
+            ("http://10.0.0.7/jwks.json",                  true),
+            ("http://172.16.0.1/jwks.json",                true),
+            ("http://172.31.255.254/jwks.json",            true),
+            ("http://192.168.1.20/jwks.json",              true),
+            ("http://169.254.169.254/jwks.json",           true),
+            ("http://[fd12:3456::1]/jwks.json",            true),
+            ("http://[fc00::1]/jwks.json",                 true),
+            ("http://[fe80::1]/jwks.json",                 true),
+            ("http://[::ffff:10.1.2.3]/jwks.json",         true),
+            ("http://auth:8002/.well-known/jwks.json",     true),
+            ("http://ai-micro-api-auth/jwks.json",         true),
+            ("http://localhost:8002/jwks.json",            true),
+            ("http://host.docker.internal:8002/jwks.json", true),
+            ("http://HOST.DOCKER.INTERNAL/jwks.json",      true),
+            ("http://auth.example.com/jwks.json",          false),
+            ("http://auth./jwks.json",                     false),
+            ("http://evil.host.docker.internal/jwks.json", false),
+            ("http://8.8.8.8/jwks.json",                   false),
+            ("http://172.32.0.1/jwks.json",                false),
+            ("http://192.169.0.1/jwks.json",               false),
+            ("http://100.64.0.1/jwks.json",                false),
+            ("http://[2001:db8::1]/jwks.json",             false),
+            ("http://[::ffff:8.8.8.8]/jwks.json",          false),
+            ("http://0.0.0.0/jwks.json",                   false),
+        ];
+        for (url, allowed) in cases {
+            let parsed = reqwest::Url::parse(url).expect(url);
+            assert_eq!(plain_http_allowed(&parsed), allowed, "{url}");
+        }
     }
 
     #[test]

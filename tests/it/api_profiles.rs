@@ -623,7 +623,13 @@ async fn unknown_routes_and_methods_are_json(
     let (s, b) = json_of(app.get_anonymous("/health").await).await;
     assert_eq!((s, b), (200, json!({"status": "ok"})));
     let (s, b) = json_of(app.get_anonymous("/healthz").await).await;
-    assert_eq!((s, b), (200, json!({"status": "ok"})));
+    assert_eq!(
+        (s, b),
+        (
+            200,
+            json!({"status": "healthy", "database": "ok", "redis": "embedded"})
+        )
+    );
     let (s, b) = json_of(app.get_anonymous("/ready").await).await;
     assert_eq!(s, 200);
     assert_eq!(b["database"], "ok");

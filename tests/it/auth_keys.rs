@@ -696,9 +696,8 @@ impl JwksServer {
 
     fn cfg(&self) -> JwtConfig {
         JwtConfig {
+            // The mock auth service: plain http on loopback, allowed as an internal host.
             jwks_url: Some(self.url.clone()),
-            // The mock auth service is plain http on loopback.
-            jwks_allow_http: true,
             jwks_min_refetch_secs: 0,
             jwks_timeout_ms: 2000,
             ..cfg()
@@ -881,7 +880,6 @@ async fn jwks_unreachable_at_start() {
     drop(listener);
     let cfg = JwtConfig {
         jwks_url: Some(format!("http://{addr}/.well-known/jwks.json")),
-        jwks_allow_http: true,
         jwks_min_refetch_secs: 0,
         jwks_timeout_ms: 500,
         ..cfg()
@@ -998,21 +996,36 @@ async fn jwks_bad_url_is_a_setup_error() {
     assert!(err.to_string().contains("jwks_url"), "{err}");
 }
 
+/// SPEC 7: plain http to an internal host (here the auth service on 127.0.0.1) needs no
+/// flag; a public host needs https whatever `jwks_allow_http` says.
 #[tokio::test]
-async fn jwks_over_plain_http_needs_an_explicit_yes() {
+async fn jwks_over_plain_http_only_to_internal_hosts() {
     let server = JwksServer::start(jwks(&[(0, "A")])).await;
-    let err = Authenticator::from_config(&JwtConfig {
+    let auth = Authenticator::from_config(&JwtConfig {
         jwks_allow_http: false,
         ..server.cfg()
     })
     .await
-    .expect_err("plain http refused");
-    let msg = err.to_string();
-    assert!(
-        msg.contains("https") && msg.contains("jwks_allow_http"),
-        "{msg}"
-    );
-    assert_eq!(server.hits(), 0, "nothing fetched over plain http");
+    .expect("plain http to loopback is allowed");
+    let token = sign(pair(0), Some("A"), &base_claims());
+    verify(&auth, &token)
+        .await
+        .expect("verified with the fetched key");
+    assert!(server.hits() >= 1, "fetched over plain http");
+    for allow_http in [false, true] {
+        let err = Authenticator::from_config(&JwtConfig {
+            jwks_url: Some("http://auth.example.com/.well-known/jwks.json".into()),
+            jwks_allow_http: allow_http,
+            ..cfg()
+        })
+        .await
+        .expect_err("plain http to a public host is refused");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("https") && msg.contains("auth.example.com"),
+            "{msg}"
+        );
+    }
     for url in ["ftp://auth.example/jwks.json", "file:///etc/jwks.json"] {
         let err = Authenticator::from_config(&JwtConfig {
             jwks_url: Some(url.into()),

@@ -230,3 +230,51 @@ async fn hanging_database_is_bounded_by_the_request_timeout() {
     relay.stalled.store(false, Ordering::SeqCst);
     until_ok(|| app.get(&path, &t)).await;
 }
+
+/// `/healthz` (SPEC 7) reports a failed `SELECT 1` as 503 "unhealthy", and the 503s the
+/// outage causes are counted in `http_exceptions_total`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_is_unhealthy_while_the_database_is_down() {
+    let (relay, app) = app_via_relay(|cfg| {
+        cfg.database.acquire_timeout_ms = 1000;
+        cfg.database.statement_timeout_ms = 1000;
+    })
+    .await;
+    let (s, body) = json_of(app.get_anonymous("/healthz").await).await;
+    assert_eq!(
+        (s, body),
+        (
+            200,
+            json!({"status": "healthy", "database": "ok", "redis": "embedded"})
+        )
+    );
+    let id = UserId::random();
+    let t = token(id, Role::User);
+    let exceptions = r#"http_exceptions_total{kind="server_error"} "#;
+    let before = app.prom_counter(exceptions).await;
+
+    relay.cut();
+    let (s, body) = json_of(app.get_anonymous("/healthz").await).await;
+    assert_eq!(
+        (s, body),
+        (
+            503,
+            json!({"status": "unhealthy", "database": "error", "redis": "embedded"})
+        )
+    );
+    let (s, _) = json_of(app.get(&format!("/api/profiles/{id}"), &t).await).await;
+    assert_eq!(s, 503);
+    assert_eq!(
+        app.prom_counter(exceptions).await - before,
+        2,
+        "the two 503s are exceptions"
+    );
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(r#"route="/healthz",status="503""#),
+        "the status label: {metrics}"
+    );
+
+    relay.restore().await;
+    until_ok(|| app.get_anonymous("/healthz")).await;
+}

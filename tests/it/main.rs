@@ -36,3 +36,4 @@ mod repo;
 mod request_id;
 mod revocation;
 mod shutdown;
+mod stack_ops;

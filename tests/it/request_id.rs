@@ -117,7 +117,10 @@ async fn every_log_line_of_a_request_carries_its_id() {
         ours.iter().any(|l| l.contains("token refused")),
         "the handler's own log line carries the id: {ours:#?}"
     );
-    assert!(ours.iter().any(|l| l.contains("answered")), "{ours:#?}");
+    assert!(
+        ours.iter().any(|l| l.contains("Request completed")),
+        "{ours:#?}"
+    );
     for l in &ours {
         let v: serde_json::Value = serde_json::from_str(l).expect("JSON log line");
         assert_eq!(v["span"]["request_id"], "trace-me-123", "{l}");
