@@ -49,12 +49,13 @@ impl Subscriber {
         }
     }
 
-    /// Until `stop` is cancelled: subscribes to `channels` and hands every message to
+    /// Until `stop` is cancelled: subscribes to the channel patterns `patterns`
+    /// (`PSUBSCRIBE`) and hands every message to
     /// `handle`, one at a time, in the order received. A lost or refused connection is
     /// made again (the next seed on a cluster) after a back-off from 100 ms doubling to
     /// 5 s; `events_in_connected` says whether a subscription stands now and
     /// `events_in_reconnects_total` counts the subscriptions made after the first.
-    pub async fn run<F, Fut>(self, channels: &[&str], stop: CancellationToken, mut handle: F)
+    pub async fn run<F, Fut>(self, patterns: &[&str], stop: CancellationToken, mut handle: F)
     where
         F: FnMut(Incoming) -> Fut,
         Fut: Future<Output = ()>,
@@ -70,7 +71,7 @@ impl Subscriber {
             let target = &self.targets[attempt % self.targets.len()];
             attempt += 1;
             let connect =
-                tokio::time::timeout(self.connect_timeout * 2, Self::subscribe(target, channels));
+                tokio::time::timeout(self.connect_timeout * 2, Self::subscribe(target, patterns));
             let outcome = tokio::select! {
                 _ = stop.cancelled() => return,
                 r = connect => r,
@@ -80,9 +81,9 @@ impl Subscriber {
                     metrics::gauge!("events_in_connected").set(1.0);
                     if subscribed_before {
                         metrics::counter!("events_in_reconnects_total").increment(1);
-                        tracing::info!(?channels, "event subscription restored");
+                        tracing::info!(?patterns, "event subscription restored");
                     } else {
-                        tracing::info!(?channels, "subscribed to events");
+                        tracing::info!(?patterns, "subscribed to events");
                     }
                     subscribed_before = true;
                     failing = false;
@@ -125,10 +126,10 @@ impl Subscriber {
 
     async fn subscribe(
         target: &::redis::Client,
-        channels: &[&str],
+        patterns: &[&str],
     ) -> ::redis::RedisResult<::redis::aio::PubSub> {
         let mut pubsub = target.get_async_pubsub().await?;
-        pubsub.subscribe(channels).await?;
+        pubsub.psubscribe(patterns).await?;
         Ok(pubsub)
     }
 

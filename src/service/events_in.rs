@@ -29,8 +29,11 @@ pub const USER_CREATED: &str = "user:created";
 pub const USER_UPDATED: &str = "user:updated";
 /// `user:deactivated`.
 pub const USER_DEACTIVATED: &str = "user:deactivated";
-/// The channels the subscriber listens to.
+/// The channels acted on.
 pub const EVENT_CHANNELS: [&str; 3] = [USER_CREATED, USER_UPDATED, USER_DEACTIVATED];
+/// What the subscriber listens to: every `user:` channel, so that one this service does
+/// not know (a new kind of event) is seen and counted rather than silently missed.
+const SUBSCRIBED: &str = "user:*";
 
 /// Why a message was not acted on (the `reason` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +69,7 @@ struct Parsed {
 pub async fn run_subscriber(service: ProfileService, redis: RedisClient, stop: CancellationToken) {
     redis
         .subscriber()
-        .run(&EVENT_CHANNELS, stop, |msg| {
+        .run(&[SUBSCRIBED], stop, |msg| {
             let service = service.clone();
             async move { service.handle_event(msg).await }
         })
