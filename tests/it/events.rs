@@ -676,3 +676,32 @@ async fn the_subscriber_comes_back_after_its_redis_restarts(#[case] kind: StoreK
     }
     assert!(counter(&app, "events_in_reconnects_total", &[]).await > reconnects_before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_event_rows_retire_unpublished() {
+    let app = TestApp::builder()
+        .with_backend(Backend::Postgres)
+        .with_store(&Target::Memory)
+        .spawn()
+        .await;
+    let id = UserId::random();
+    let owner = token(id, Role::User);
+    let path = format!("/api/profiles/{id}");
+    app.create_profile(id, json!({"name": "n"})).await;
+    let res = app
+        .send_json(Method::PATCH, &path, &owner, &json!({"name": "m"}))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(app.delete(&path, &owner).await.status(), 204);
+    // Nothing to publish to: the rows go with the applied invalidations, none piles up.
+    eventually(PATIENCE, "the outbox empty", || async {
+        app.state
+            .profiles
+            .repo()
+            .pending_invalidations(100)
+            .await
+            .expect("outbox")
+            .is_empty()
+    })
+    .await;
+}
