@@ -90,25 +90,29 @@ async fn publish(url: &str, channel: &str, payload: &str) {
         .expect("publish");
 }
 
-/// Waits until `n` clients hold pattern subscriptions on the nodes of `target` together
-/// (the services' subscribers are connected; call it before a test's own [`Listener`]).
+/// How many clients hold pattern subscriptions on the nodes of `target` together.
+async fn subscribers(target: &Target) -> usize {
+    let mut total = 0;
+    for url in target.node_urls() {
+        let mut c = connect(&url).await;
+        let list: String = ::redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut c)
+            .await
+            .unwrap_or_default();
+        total += list
+            .lines()
+            .filter(|l| l.contains(" psub=") && !l.contains(" psub=0"))
+            .count();
+    }
+    total
+}
+
+/// Waits until `n` clients hold pattern subscriptions (the services' subscribers are
+/// connected; call it before a test's own [`Listener`]).
 async fn wait_for_subscribers(target: &Target, n: usize) {
-    let urls = target.node_urls();
     eventually(PATIENCE, "the services' subscribers", || async {
-        let mut total = 0;
-        for url in &urls {
-            let mut c = connect(url).await;
-            let list: String = ::redis::cmd("CLIENT")
-                .arg("LIST")
-                .query_async(&mut c)
-                .await
-                .unwrap_or_default();
-            total += list
-                .lines()
-                .filter(|l| l.contains(" psub=") && !l.contains(" psub=0"))
-                .count();
-        }
-        total >= n
+        subscribers(target).await >= n
     })
     .await;
 }
@@ -702,6 +706,22 @@ async fn without_redis_event_rows_retire_unpublished() {
             .await
             .expect("outbox")
             .is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_the_subscriber() {
+    let target = Target::new(StoreKind::Own).await;
+    let app = TestApp::builder()
+        .with_backend(Backend::Sqlite)
+        .with_store(&target)
+        .spawn()
+        .await;
+    wait_for_subscribers(&target, 1).await;
+    app.shutdown();
+    eventually(PATIENCE, "the subscription closed", || async {
+        subscribers(&target).await == 0
     })
     .await;
 }
