@@ -48,6 +48,22 @@ pub struct Config {
     pub prewarm: PrewarmConfig,
     pub server: ServerConfig,
     pub logins: LoginsConfig,
+    pub events: EventsConfig,
+}
+
+/// Events out (SPEC 7; see `docs/events.md`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// An event its writing instance has not published after this long (it failed, or
+    /// Redis did) is published by the outbox drainer of any instance.
+    pub handoff_secs: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self { handoff_secs: 10 }
+    }
 }
 
 /// Token verification.
@@ -245,6 +261,7 @@ impl Default for Config {
             prewarm: PrewarmConfig::default(),
             logins: LoginsConfig::default(),
             server: ServerConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -270,6 +287,7 @@ impl std::fmt::Debug for Config {
             .field("redis", &self.redis)
             .field("prewarm", &self.prewarm)
             .field("server", &self.server)
+            .field("events", &self.events)
             .finish()
     }
 }
@@ -540,6 +558,7 @@ impl Config {
             ("logins.queue_capacity",       logins.queue_capacity > 0,                   AT_LEAST_1),
             ("logins.batch_size",           logins.batch_size > 0,                       AT_LEAST_1),
             ("logins.flush_ms",             logins.flush_ms > 0,                         AT_LEAST_1),
+            ("events.handoff_secs",         self.events.handoff_secs > 0,                AT_LEAST_1),
             ("cache.ttl_secs",              cache.ttl_secs > 0,                          POSITIVE),
             ("cache.refresh_ahead_secs",    cache.refresh_ahead_secs < cache.ttl_secs,   "must be less than cache.ttl_secs"),
             ("cache.negative_ttl_secs",     cache.negative_ttl_secs <= 30,               "must be at most 30"),

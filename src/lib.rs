@@ -31,7 +31,7 @@ use crate::auth::Authenticator;
 use crate::cache::{Cache, CacheSettings};
 use crate::config::Config;
 use crate::db::PoolOptions;
-use crate::service::{LoginRecorder, ProfileService};
+use crate::service::{EventsOut, LoginRecorder, ProfileService};
 use crate::state::AppState;
 
 /// Longest wait for the background tasks' last writes at shutdown.
@@ -116,7 +116,12 @@ impl App {
             cache.clone(),
             config.auth.revocation_unavailable,
         );
-        let profiles = ProfileService::new(repo, cache.clone(), config.database.background_share());
+        // Another instance takes over an event only well after its writer's own drain pass
+        // would have retired it, so normal operation publishes each event once.
+        let handoff = Duration::from_secs(config.events.handoff_secs)
+            .max(Duration::from_millis(config.redis.outbox_poll_ms) * 3);
+        let profiles = ProfileService::new(repo, cache.clone(), config.database.background_share())
+            .with_events(EventsOut::new(redis.clone(), handoff));
         let shutdown = CancellationToken::new();
         let background_stop = CancellationToken::new();
         let (logins, login_writer) =
@@ -147,7 +152,8 @@ impl App {
         if let Err(e) = state.profiles.drain_outbox().await {
             tracing::warn!(error = %e, "pending cache invalidations not applied yet; reading the database until they are");
         }
-        let mut background = service::spawn_background(&state.profiles, &background_stop);
+        let mut background =
+            service::spawn_background(&state.profiles, state.redis.as_ref(), &background_stop);
         background.push(login_writer);
         Ok(Self {
             router: api::router(state.clone()),

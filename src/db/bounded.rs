@@ -11,9 +11,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{DbError, LoginsWritten, PendingInvalidation, PoolStats, ProfileRepo, Written};
+use super::{
+    DbError, EventClaim, LoginsWritten, PendingInvalidation, PoolStats, ProfileRepo, UserSync,
+    Written,
+};
 use crate::domain::{
-    Document, DocumentKind, JsonObject, NewProfile, Profile, ProfilePatch, UserId,
+    Document, DocumentKind, Email, JsonObject, NewProfile, Profile, ProfilePatch, UserId,
 };
 
 /// Profiles per bounded `insert_many` call: a large seed is many calls, each with its own
@@ -37,13 +40,40 @@ impl<R: ProfileRepo> Bounded<R> {
     async fn run<T>(&self, call: impl Future<Output = Result<T, DbError>>) -> Result<T, DbError> {
         match tokio::time::timeout(self.ceiling, call).await {
             Ok(result) => result,
-            Err(_) => Err(DbError::Unavailable(sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "database call timed out",
-            )))
-            .record_metric()),
+            Err(_) => Err(timed_out()),
         }
     }
+}
+
+/// A claim whose `finish` is cut off at the same ceiling (its rows are then released).
+struct BoundedClaim {
+    inner: Option<Box<dyn EventClaim>>,
+    ceiling: Duration,
+}
+
+#[async_trait]
+impl EventClaim for BoundedClaim {
+    fn ids(&self) -> &[i64] {
+        self.inner.as_ref().map_or(&[], |c| c.ids())
+    }
+
+    async fn finish(mut self: Box<Self>, published: &[i64]) -> Result<(), DbError> {
+        let Some(inner) = self.inner.take() else {
+            return Ok(());
+        };
+        match tokio::time::timeout(self.ceiling, inner.finish(published)).await {
+            Ok(result) => result,
+            Err(_) => Err(timed_out()),
+        }
+    }
+}
+
+fn timed_out() -> DbError {
+    DbError::Unavailable(sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "database call timed out",
+    )))
+    .record_metric()
 }
 
 #[async_trait]
@@ -140,8 +170,28 @@ impl<R: ProfileRepo> ProfileRepo for Bounded<R> {
         Ok(inserted)
     }
 
-    async fn pending_invalidations(&self, limit: u32) -> Result<Vec<PendingInvalidation>, DbError> {
-        self.run(self.inner.pending_invalidations(limit)).await
+    async fn sync_user(
+        &self,
+        id: UserId,
+        email: Option<&Email>,
+    ) -> Result<Written<UserSync>, DbError> {
+        self.run(self.inner.sync_user(id, email)).await
+    }
+
+    async fn pending_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<PendingInvalidation>, DbError> {
+        self.run(self.inner.pending_after(after, limit)).await
+    }
+
+    async fn claim_events(&self, ids: &[i64]) -> Result<Box<dyn EventClaim>, DbError> {
+        let claim = self.run(self.inner.claim_events(ids)).await?;
+        Ok(Box::new(BoundedClaim {
+            inner: Some(claim),
+            ceiling: self.ceiling,
+        }))
     }
 
     async fn clear_invalidations(&self, ids: &[i64]) -> Result<(), DbError> {

@@ -12,6 +12,7 @@
 
 mod bounded;
 pub mod codec;
+pub mod events;
 mod postgres;
 pub mod sql;
 mod sql_repo;
@@ -24,10 +25,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    Document, DocumentKind, JsonObject, NewProfile, Profile, ProfilePatch, UserId,
+    Document, DocumentKind, Email, JsonObject, NewProfile, Profile, ProfilePatch, UserId,
 };
 
 pub use bounded::Bounded;
+pub use events::{OutboxEvent, PROFILE_DELETED, PROFILE_UPDATED};
 pub use postgres::PostgresRepo;
 pub use sql_repo::{Dialect, SqlRepo};
 pub use sqlite::SqliteRepo;
@@ -130,7 +132,8 @@ impl From<String> for InvalidationScope {
     }
 }
 
-/// A cache invalidation recorded with a write and not yet confirmed applied.
+/// A cache invalidation recorded with a write and not yet confirmed applied (and, when
+/// the row carries one, its event not yet confirmed published).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct PendingInvalidation {
     /// Outbox row id.
@@ -138,14 +141,55 @@ pub struct PendingInvalidation {
     pub user_id: UserId,
     #[sqlx(try_from = "String")]
     pub scope: InvalidationScope,
+    /// The event's channel, when the write publishes one.
+    pub event: Option<String>,
+    /// The event's JSON payload.
+    pub payload: Option<String>,
+    /// When the write committed (the writer's clock).
+    pub created_at: DateTime<Utc>,
+}
+
+impl PendingInvalidation {
+    /// The event this row carries, if any.
+    pub fn outbox_event(&self) -> Option<OutboxEvent> {
+        Some(OutboxEvent {
+            channel: self.event.clone()?,
+            payload: self.payload.clone().unwrap_or_default(),
+        })
+    }
 }
 
 /// The result of a write plus the id of the outbox row recorded with it.
 #[derive(Debug, Clone)]
 pub struct Written<T> {
     pub value: T,
-    /// Delete this outbox row once the invalidation is applied.
+    /// Delete this outbox row once the invalidation is applied (and its event published).
     pub outbox_id: i64,
+    /// The event recorded in the row, published after the commit.
+    pub event: Option<OutboxEvent>,
+    /// True when an older event of the same user was still unpublished at the commit: this
+    /// one must not overtake it, so it is left to the drainer, which publishes in order.
+    pub event_behind: bool,
+}
+
+/// What [`ProfileRepo::sync_user`] changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserSync {
+    /// The stored e-mail was replaced.
+    EmailChanged,
+    /// Nothing to change (no e-mail given, the same one, or no profile).
+    Unchanged,
+}
+
+/// Outbox rows with events that one drainer holds while it publishes them: other drainers
+/// skip them (PostgreSQL: `FOR UPDATE SKIP LOCKED`; SQLite: the write lock). Dropping it
+/// without [`EventClaim::finish`] releases them unpublished.
+#[async_trait]
+pub trait EventClaim: Send {
+    /// The rows held (those asked for that still exist and no other drainer holds), in id order.
+    fn ids(&self) -> &[i64];
+    /// Deletes the rows among `published` and releases the rest.
+    async fn finish(self: Box<Self>, published: &[i64]) -> Result<(), DbError>;
 }
 
 /// What a batch of login records changed.
@@ -252,8 +296,20 @@ pub trait ProfileRepo: Send + Sync + 'static {
         Ok(w.outbox_ids.first().map(|&outbox_id| Written {
             value: (),
             outbox_id,
+            event: None,
+            event_behind: false,
         }))
     }
+
+    /// What the auth service's `user:updated` asks: one transaction that sets the stored
+    /// e-mail when `email` is given and differs (with a `profile:updated` event), and
+    /// records an invalidation of every cache entry of the user either way.
+    /// `EmailTaken` (nothing written) when another profile holds the address.
+    async fn sync_user(
+        &self,
+        id: UserId,
+        email: Option<&Email>,
+    ) -> Result<Written<UserSync>, DbError>;
     /// Up to `limit` profiles with `last_login` after `since`, most recent first.
     async fn recent_logins(
         &self,
@@ -264,7 +320,17 @@ pub trait ProfileRepo: Send + Sync + 'static {
     async fn insert_many(&self, profiles: &[Profile]) -> Result<u64, DbError>;
 
     /// Oldest pending invalidations first.
-    async fn pending_invalidations(&self, limit: u32) -> Result<Vec<PendingInvalidation>, DbError>;
+    async fn pending_invalidations(&self, limit: u32) -> Result<Vec<PendingInvalidation>, DbError> {
+        self.pending_after(0, limit).await
+    }
+    /// Pending outbox rows with an id above `after`, oldest first.
+    async fn pending_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<PendingInvalidation>, DbError>;
+    /// Holds those of the outbox rows `ids` no other drainer holds, to publish their events.
+    async fn claim_events(&self, ids: &[i64]) -> Result<Box<dyn EventClaim>, DbError>;
     /// Removes applied outbox rows.
     async fn clear_invalidations(&self, ids: &[i64]) -> Result<(), DbError>;
 }

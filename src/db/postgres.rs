@@ -35,6 +35,10 @@ const FETCH_MANY: &str = concat!(
 /// $1 outbox row ids.
 const CLEAR_INVALIDATIONS: &str = "DELETE FROM cache_invalidations WHERE id = ANY($1)";
 
+/// $1 outbox row ids: those no other drainer holds, held until the transaction ends.
+const CLAIM_ROWS: &str =
+    "SELECT id FROM cache_invalidations WHERE id = ANY($1) ORDER BY id FOR UPDATE SKIP LOCKED";
+
 /// $1 user ids, $2 login times (unique users), $3 the outbox scope, $4 now. One statement
 /// for the whole batch: the update, and one outbox row per changed profile.
 const RECORD_LOGINS: &str = "\
@@ -163,6 +167,23 @@ impl Dialect for Postgres {
         sqlx::query(CLEAR_INVALIDATIONS)
             .bind(ids)
             .execute(pool)
+            .await
+            .map_err(Self::map_err)?;
+        Ok(())
+    }
+
+    async fn claim_rows(conn: &mut PgConnection, ids: &[i64]) -> Result<Vec<i64>, DbError> {
+        sqlx::query_scalar(CLAIM_ROWS)
+            .bind(ids)
+            .fetch_all(conn)
+            .await
+            .map_err(Self::map_err)
+    }
+
+    async fn delete_rows(conn: &mut PgConnection, ids: &[i64]) -> Result<(), DbError> {
+        sqlx::query(CLEAR_INVALIDATIONS)
+            .bind(ids)
+            .execute(conn)
             .await
             .map_err(Self::map_err)?;
         Ok(())

@@ -63,9 +63,24 @@ pub const DELETE_PROFILE: &str = concat!(
 pub const INSERT_INVALIDATION: &str =
     "INSERT INTO cache_invalidations (user_id, scope, created_at) VALUES ($1, $2, $3) RETURNING id";
 
-/// $1 limit; oldest first.
-pub const PENDING_INVALIDATIONS: &str =
-    "SELECT id, user_id, scope FROM cache_invalidations ORDER BY id LIMIT $1";
+/// $1 id, $2 scope, $3 now, $4 event channel, $5 event payload; answers the row id.
+pub const INSERT_OUTBOX_ROW: &str = "INSERT INTO cache_invalidations \
+     (user_id, scope, created_at, event, payload) VALUES ($1, $2, $3, $4, $5) RETURNING id";
+
+/// $1 id: 1 when an event of this user is still in the outbox, else 0.
+pub const EVENT_PENDING: &str = "SELECT count(*) FROM (SELECT 1 FROM cache_invalidations \
+     WHERE user_id = $1 AND event IS NOT NULL LIMIT 1) AS pending";
+
+/// $1 after this id, $2 limit; oldest first.
+pub const PENDING_AFTER: &str = "SELECT id, user_id, scope, event, payload, created_at \
+     FROM cache_invalidations WHERE id > $1 ORDER BY id LIMIT $2";
+
+/// $1 id, $2 the e-mail, $3 now: sets it when it differs; answers the row when it did.
+pub const SYNC_EMAIL: &str = concat!(
+    "UPDATE profiles SET email = $2, updated_at = $3 \
+     WHERE user_id = $1 AND (email IS NULL OR email <> $2) RETURNING ",
+    profile_columns!()
+);
 
 macro_rules! fetch_document {
     ($table:literal) => {

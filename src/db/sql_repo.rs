@@ -12,9 +12,10 @@ use sqlx::{
 };
 
 use super::codec::DbTime;
+use super::events::{OutboxEvent, created_fields, patched_fields};
 use super::{
-    DbError, InvalidationScope, LoginsWritten, PendingInvalidation, PoolOptions, PoolStats,
-    ProfileRepo, Written, sql,
+    DbError, EventClaim, InvalidationScope, LoginsWritten, PendingInvalidation, PoolOptions,
+    PoolStats, ProfileRepo, UserSync, Written, sql,
 };
 use crate::domain::{
     Document, DocumentKind, Email, JsonObject, NewProfile, Profile, ProfilePatch, UserId,
@@ -56,6 +57,13 @@ pub trait Dialect: Database {
 
     /// Deletes the outbox rows `ids` (not empty).
     async fn clear_invalidations(pool: &Pool<Self>, ids: &[i64]) -> Result<(), DbError>;
+
+    /// In a write transaction: those of the outbox rows `ids` (not empty) that exist and
+    /// that no other transaction holds, now held by this one, in id order.
+    async fn claim_rows(conn: &mut Self::Connection, ids: &[i64]) -> Result<Vec<i64>, DbError>;
+
+    /// Deletes the outbox rows `ids` (not empty) in a transaction.
+    async fn delete_rows(conn: &mut Self::Connection, ids: &[i64]) -> Result<(), DbError>;
 
     /// Tells conflicts (by constraint) and unavailability apart from other failures.
     fn classify(e: sqlx::Error) -> DbError;
@@ -103,6 +111,33 @@ impl<D: Dialect> SqlRepo<D> {
 struct StoredDocument {
     data: Option<Json<JsonObject>>,
     updated_at: Option<DateTime<Utc>>,
+}
+
+/// Outbox rows held by one drainer's transaction (see [`EventClaim`]).
+struct SqlClaim<D: Dialect> {
+    tx: Transaction<'static, D>,
+    ids: Vec<i64>,
+}
+
+#[async_trait]
+impl<D: Dialect> EventClaim for SqlClaim<D> {
+    fn ids(&self) -> &[i64] {
+        &self.ids
+    }
+
+    async fn finish(mut self: Box<Self>, published: &[i64]) -> Result<(), DbError> {
+        if !published.is_empty() {
+            D::delete_rows(&mut *self.tx, published).await?;
+        }
+        self.tx.commit().await.map_err(D::map_err)
+    }
+}
+
+/// The outbox row a write recorded, before the commit.
+struct Recorded {
+    outbox_id: i64,
+    event: Option<OutboxEvent>,
+    event_behind: bool,
 }
 
 /// The write timestamp: PostgreSQL keeps microseconds, so anything finer would make the
@@ -181,30 +216,57 @@ where
             .map_err(D::map_err)
     }
 
-    /// Records, in the write's transaction, the cache invalidation that must follow it.
+    /// Records, in the write's transaction, the cache invalidation that must follow it and
+    /// the event it publishes. Whether an older event of the user is still unpublished is
+    /// read in the same transaction: after the profile row's lock, so every earlier write
+    /// of this user has committed and its row, if unpublished, is seen.
     async fn record_invalidation(
         tx: &mut D::Connection,
         id: UserId,
         scope: InvalidationScope,
         now: DateTime<Utc>,
-    ) -> Result<i64, DbError> {
-        sqlx::query_scalar(sql::INSERT_INVALIDATION)
+        event: Option<OutboxEvent>,
+    ) -> Result<Recorded, DbError> {
+        let event_behind = match &event {
+            Some(_) => {
+                let pending: i64 = sqlx::query_scalar(sql::EVENT_PENDING)
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(D::map_err)?;
+                pending > 0
+            }
+            None => false,
+        };
+        let outbox_id = sqlx::query_scalar(sql::INSERT_OUTBOX_ROW)
             .bind(id)
             .bind(scope.as_str())
             .bind(DbTime(now))
-            .fetch_one(tx)
+            .bind(event.as_ref().map(|e| e.channel.as_str()))
+            .bind(event.as_ref().map(|e| e.payload.as_str()))
+            .fetch_one(&mut *tx)
             .await
-            .map_err(D::map_err)
+            .map_err(D::map_err)?;
+        Ok(Recorded {
+            outbox_id,
+            event,
+            event_behind,
+        })
     }
 
     /// Commits `tx` and answers `value` with the outbox row recorded in it.
     async fn commit<T>(
         tx: Transaction<'static, D>,
         value: T,
-        outbox_id: i64,
+        recorded: Recorded,
     ) -> Result<Written<T>, DbError> {
         tx.commit().await.map_err(D::map_err)?;
-        Ok(Written { value, outbox_id })
+        Ok(Written {
+            value,
+            outbox_id: recorded.outbox_id,
+            event: recorded.event,
+            event_behind: recorded.event_behind,
+        })
     }
 }
 
@@ -282,9 +344,11 @@ where
         let Some(profile) = Self::insert(&mut *tx, id, new, now).await? else {
             return Err(DbError::AlreadyExists);
         };
-        let outbox_id =
-            Self::record_invalidation(&mut *tx, id, InvalidationScope::Profile, now).await?;
-        Self::commit(tx, profile, outbox_id).await
+        let event = OutboxEvent::profile_updated(id, &created_fields(new), now);
+        let recorded =
+            Self::record_invalidation(&mut *tx, id, InvalidationScope::Profile, now, Some(event))
+                .await?;
+        Self::commit(tx, profile, recorded).await
     }
 
     async fn update(
@@ -297,9 +361,11 @@ where
         let Some(profile) = Self::apply_patch(&mut *tx, id, patch, now).await? else {
             return Ok(None);
         };
-        let outbox_id =
-            Self::record_invalidation(&mut *tx, id, InvalidationScope::Profile, now).await?;
-        Self::commit(tx, profile, outbox_id).await.map(Some)
+        let event = OutboxEvent::profile_updated(id, &patched_fields(patch), now);
+        let recorded =
+            Self::record_invalidation(&mut *tx, id, InvalidationScope::Profile, now, Some(event))
+                .await?;
+        Self::commit(tx, profile, recorded).await.map(Some)
     }
 
     async fn upsert(
@@ -330,9 +396,13 @@ where
                 "upsert kept racing with concurrent deletes".into(),
             )));
         };
-        let outbox_id =
-            Self::record_invalidation(&mut *tx, id, InvalidationScope::Profile, now).await?;
-        Self::commit(tx, value, outbox_id).await
+        // Created or changed, the fields set are the patch's (an upsert's insert takes
+        // exactly the fields the patch sets).
+        let event = OutboxEvent::profile_updated(id, &patched_fields(patch), now);
+        let recorded =
+            Self::record_invalidation(&mut *tx, id, InvalidationScope::Profile, now, Some(event))
+                .await?;
+        Self::commit(tx, value, recorded).await
     }
 
     async fn delete(&self, id: UserId) -> Result<Option<Written<()>>, DbError> {
@@ -347,9 +417,11 @@ where
         if deleted.is_none() {
             return Ok(None);
         }
-        let outbox_id =
-            Self::record_invalidation(&mut *tx, id, InvalidationScope::All, now).await?;
-        Self::commit(tx, (), outbox_id).await.map(Some)
+        let event = OutboxEvent::profile_deleted(id, now);
+        let recorded =
+            Self::record_invalidation(&mut *tx, id, InvalidationScope::All, now, Some(event))
+                .await?;
+        Self::commit(tx, (), recorded).await.map(Some)
     }
 
     async fn fetch_document(
@@ -388,14 +460,15 @@ where
             Err(e) => return Err(D::map_err(e)),
         };
         let scope = InvalidationScope::Document(kind);
-        let outbox_id = Self::record_invalidation(&mut *tx, id, scope, now).await?;
+        // Settings and preferences are not profile fields: no `profile:updated`.
+        let recorded = Self::record_invalidation(&mut *tx, id, scope, now, None).await?;
         // What the database stored (jsonb normalizes numbers and duplicate keys), so a
         // later read sees exactly this.
         let document = Document {
             data: stored.data.map(|j| j.0).unwrap_or_default(),
             updated_at: stored.updated_at,
         };
-        Self::commit(tx, document, outbox_id).await.map(Some)
+        Self::commit(tx, document, recorded).await.map(Some)
     }
 
     async fn record_logins(
@@ -432,12 +505,59 @@ where
         D::insert_many(&self.pool, profiles).await
     }
 
-    async fn pending_invalidations(&self, limit: u32) -> Result<Vec<PendingInvalidation>, DbError> {
-        sqlx::query_as(sql::PENDING_INVALIDATIONS)
+    async fn sync_user(
+        &self,
+        id: UserId,
+        email: Option<&Email>,
+    ) -> Result<Written<UserSync>, DbError> {
+        let now = now_micros();
+        let mut tx = D::begin_write(&self.pool).await.map_err(D::map_err)?;
+        // Conditional, so that of the instances that all receive the message, only the
+        // first changes the row (the others find it equal after its lock) and one event goes out.
+        let changed: Option<Profile> = match email {
+            Some(e) => sqlx::query_as(sql::SYNC_EMAIL)
+                .bind(id)
+                .bind(e.as_str())
+                .bind(DbTime(now))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(D::map_err)?,
+            None => None,
+        };
+        let event = changed
+            .as_ref()
+            .map(|_| OutboxEvent::profile_updated(id, &["email"], now));
+        let recorded =
+            Self::record_invalidation(&mut *tx, id, InvalidationScope::All, now, event).await?;
+        let outcome = if changed.is_some() {
+            UserSync::EmailChanged
+        } else {
+            UserSync::Unchanged
+        };
+        Self::commit(tx, outcome, recorded).await
+    }
+
+    async fn pending_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<PendingInvalidation>, DbError> {
+        sqlx::query_as(sql::PENDING_AFTER)
+            .bind(after)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await
             .map_err(D::map_err)
+    }
+
+    async fn claim_events(&self, ids: &[i64]) -> Result<Box<dyn EventClaim>, DbError> {
+        let mut tx = D::begin_write(&self.pool).await.map_err(D::map_err)?;
+        let held = if ids.is_empty() {
+            Vec::new()
+        } else {
+            D::claim_rows(&mut *tx, ids).await?
+        };
+        Ok(Box::new(SqlClaim::<D> { tx, ids: held }))
     }
 
     async fn clear_invalidations(&self, ids: &[i64]) -> Result<(), DbError> {

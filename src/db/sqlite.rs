@@ -41,6 +41,11 @@ const FETCH_MANY: &str = concat!(
 const CLEAR_INVALIDATIONS: &str =
     "DELETE FROM cache_invalidations WHERE id IN (SELECT value FROM json_each($1))";
 
+/// $1 a JSON array of outbox row ids: those that still exist (the write lock, taken by
+/// `BEGIN IMMEDIATE`, keeps every other writer out until the transaction ends).
+const CLAIM_ROWS: &str = "SELECT id FROM cache_invalidations \
+     WHERE id IN (SELECT value FROM json_each($1)) ORDER BY id";
+
 /// $1 id, $2 the login time, $3 an hour before it.
 const RECORD_LOGIN: &str = "UPDATE profiles SET last_login = $2 \
      WHERE user_id = $1 AND (last_login IS NULL OR last_login < $3) RETURNING user_id";
@@ -227,6 +232,23 @@ impl Dialect for Sqlite {
         sqlx::query(CLEAR_INVALIDATIONS)
             .bind(Json(ids))
             .execute(pool)
+            .await
+            .map_err(Self::map_err)?;
+        Ok(())
+    }
+
+    async fn claim_rows(conn: &mut SqliteConnection, ids: &[i64]) -> Result<Vec<i64>, DbError> {
+        sqlx::query_scalar(CLAIM_ROWS)
+            .bind(Json(ids))
+            .fetch_all(conn)
+            .await
+            .map_err(Self::map_err)
+    }
+
+    async fn delete_rows(conn: &mut SqliteConnection, ids: &[i64]) -> Result<(), DbError> {
+        sqlx::query(CLEAR_INVALIDATIONS)
+            .bind(Json(ids))
+            .execute(conn)
             .await
             .map_err(Self::map_err)?;
         Ok(())

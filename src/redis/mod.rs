@@ -25,6 +25,7 @@
 mod breaker;
 pub mod cache_store;
 pub mod counters;
+pub mod pubsub;
 pub mod slot;
 
 use std::collections::HashMap;
@@ -47,6 +48,7 @@ use breaker::Breaker;
 
 pub use cache_store::RedisCacheStore;
 pub use counters::RedisCounters;
+pub use pubsub::{Incoming, Subscriber};
 pub use slot::key_slot;
 
 pub use crate::store::StoreError;
@@ -118,6 +120,8 @@ struct ClientInner {
     connect_timeout: Duration,
     /// Scripts that may appear in pipelines, by SHA1, so `NOSCRIPT` can be repaired.
     scripts: Mutex<HashMap<String, Script>>,
+    /// Where the event subscriber connects: the node, or each cluster seed in turn.
+    pubsub_targets: Vec<::redis::Client>,
 }
 
 /// A lazily connected Redis (single node or cluster) behind a per-call timeout and a circuit breaker.
@@ -139,9 +143,17 @@ impl RedisClient {
     /// `None` when neither REDIS_URL nor REDIS_CLUSTER_URLS is set. Never connects here (the
     /// service must start while Redis is down); invalid URLs are an error.
     pub fn from_config(config: &Config) -> Result<Option<Self>, RedisError> {
+        let mut pubsub_targets = Vec::new();
         let target = if let Some(url) = &config.redis_url {
-            Target::Single(Box::new(::redis::Client::open(url.as_str())?))
+            let client = ::redis::Client::open(url.as_str())?;
+            pubsub_targets.push(client.clone());
+            Target::Single(Box::new(client))
         } else if !config.redis_cluster_urls.is_empty() {
+            // Cluster PUBLISH reaches every node, so a plain connection to any seed hears
+            // every message.
+            for url in &config.redis_cluster_urls {
+                pubsub_targets.push(::redis::Client::open(url.as_str())?);
+            }
             let redis = &config.redis;
             let client =
                 ClusterClient::builder(config.redis_cluster_urls.iter().map(String::as_str))
@@ -170,8 +182,25 @@ impl RedisClient {
                 timeout: redis.timeout(),
                 connect_timeout: Duration::from_millis(redis.connect_timeout_ms.max(1)),
                 scripts: Mutex::new(HashMap::new()),
+                pubsub_targets,
             }),
         }))
+    }
+
+    /// `PUBLISH channel payload` under the timeout and breaker (on a cluster any node
+    /// takes it and broadcasts it); answers how many subscribers received it.
+    pub async fn publish(&self, channel: &str, payload: &str) -> Result<u64, StoreError> {
+        self.query(::redis::cmd("PUBLISH").arg(channel).arg(payload))
+            .await
+    }
+
+    /// A subscriber with a connection of its own (never the shared one: a subscribed
+    /// connection can send nothing else).
+    pub fn subscriber(&self) -> Subscriber {
+        Subscriber::new(
+            self.inner.pubsub_targets.clone(),
+            self.inner.connect_timeout,
+        )
     }
 
     /// True for a Redis Cluster.

@@ -1,6 +1,8 @@
 //! Use cases: what each route does, over the repository and the cache.
 //! Handlers call exactly one function here; nothing here knows about HTTP.
 
+mod events_in;
+mod events_out;
 mod flight;
 mod login;
 mod outbox;
@@ -8,6 +10,8 @@ mod profiles;
 mod reads;
 mod tasks;
 
+pub use events_in::EVENT_CHANNELS;
+pub use events_out::EventsOut;
 pub use login::LoginRecorder;
 pub use outbox::DrainError;
 pub use profiles::{BatchOutcome, Lookup, ProfileService};

@@ -1,9 +1,12 @@
 //! The invalidation outbox: writes record a row in their own transaction; a row whose
 //! invalidation could not be applied on the write's path is applied here, and a pass that
-//! empties the outbox lets this instance read the cache again.
+//! has applied every pending invalidation lets this instance read the cache again. Rows
+//! that carry an event stay until it is published (see `events_out`).
+
+use std::collections::HashSet;
 
 use super::{ProfileService, dedupe};
-use crate::db::{DbError, InvalidationScope};
+use crate::db::{DbError, InvalidationScope, PendingInvalidation};
 use crate::domain::UserId;
 use crate::store::StoreError;
 
@@ -25,33 +28,59 @@ pub enum DrainError {
 }
 
 impl ProfileService {
-    /// Applies pending outbox invalidations (widened to every entry of each user) and
-    /// removes their rows. A pass that empties the outbox clears the dirty state recorded
-    /// before it started. Returns how many rows were applied.
+    /// Applies pending outbox invalidations (widened to every entry of each user), publishes
+    /// the events left behind that this instance may publish, and removes the rows done. A
+    /// pass that reaches the end of the outbox clears the dirty state recorded before it
+    /// started. Returns how many rows were applied.
     pub async fn drain_outbox(&self) -> Result<usize, DrainError> {
         let generation = self.cache.drain_generation();
         let _permit = self.background_permit().await;
         self.retire_applied().await?;
         let mut applied = 0;
+        let mut after = 0;
+        let mut seen = HashSet::new();
+        // Users whose next event may not go out in this pass (an older one is not out).
+        let mut blocked = HashSet::new();
+        let mut publishing = true;
         for _ in 0..DRAIN_ROUNDS {
-            let all = self.repo.pending_invalidations(DRAIN_BATCH).await?;
+            let all = self.repo.pending_after(after, DRAIN_BATCH).await?;
             let fetched = all.len();
-            let rows: Vec<_> = {
+            after = all.last().map_or(after, |r| r.id);
+            seen.extend(all.iter().map(|r| r.id));
+            let (mine_in_flight, rows): (Vec<_>, Vec<_>) = {
                 let owned = self.owned.lock().unwrap_or_else(|p| p.into_inner());
-                all.into_iter().filter(|r| !owned.contains(&r.id)).collect()
+                all.into_iter().partition(|r| owned.contains(&r.id))
             };
+            // A writer of this instance is publishing these now.
+            blocked.extend(
+                mine_in_flight
+                    .iter()
+                    .filter(|r| r.event.is_some())
+                    .map(|r| r.user_id),
+            );
             if !rows.is_empty() {
                 let users: Vec<UserId> =
                     dedupe(&rows.iter().map(|r| r.user_id).collect::<Vec<_>>());
                 self.cache
                     .invalidate_many(&users, InvalidationScope::All)
                     .await?;
-                let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-                self.repo.clear_invalidations(&ids).await?;
+                // A row with an event stays until the event is out.
+                let plain: Vec<i64> = rows
+                    .iter()
+                    .filter(|r| r.event.is_none())
+                    .map(|r| r.id)
+                    .collect();
+                self.repo.clear_invalidations(&plain).await?;
                 applied += rows.len();
+                let with_events: Vec<&PendingInvalidation> =
+                    rows.iter().filter(|r| r.event.is_some()).collect();
+                if publishing {
+                    publishing = self.publish_left_behind(&with_events, &mut blocked).await?;
+                }
             }
             if fetched < DRAIN_BATCH as usize {
                 self.cache.mark_clean(generation);
+                self.events.prune(&seen, after);
                 return Ok(applied);
             }
         }

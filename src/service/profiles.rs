@@ -5,6 +5,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use chrono::{DateTime, Utc};
 
+use super::events_out::EventsOut;
 use super::reads::ReadFlights;
 use crate::cache::Cache;
 use crate::db::{DbError, InvalidationScope, Repo, Written};
@@ -49,6 +50,9 @@ pub struct ProfileService {
     /// the drainer leaves them alone, so it never invalidates again an entry that a
     /// reader filled after the write.
     pub(super) owned: Arc<Mutex<HashSet<i64>>>,
+    /// Where events out go, and the outbox rows whose events this instance's writers left
+    /// to the drainer.
+    pub(super) events: EventsOut,
 }
 
 impl ProfileService {
@@ -62,7 +66,15 @@ impl ProfileService {
             background: Arc::new(Semaphore::new(background_connections.max(1) as usize)),
             retired: Arc::new(Mutex::new(Vec::new())),
             owned: Arc::new(Mutex::new(HashSet::new())),
+            events: EventsOut::default(),
         }
+    }
+
+    /// Publishes events out through `events` (see `events_out`); without it (the embedded
+    /// store) an event is retired with its row, unpublished.
+    pub fn with_events(mut self, events: EventsOut) -> Self {
+        self.events = events;
+        self
     }
 
     /// Waits for a background share of the pool (held while the permit lives).
@@ -196,23 +208,42 @@ impl ProfileService {
         Ok(written.users.len())
     }
 
-    /// Applies the write's cache invalidation and notes its outbox row as applied. When the
-    /// invalidation fails the row stays for the drainer and this instance stops reading the
-    /// cache until it is applied, before the write is acknowledged.
-    async fn after_write<T>(&self, w: Written<T>, id: UserId, scope: InvalidationScope) -> T {
+    /// Applies the write's cache invalidation, publishes its event, and notes its outbox
+    /// row as applied. When the invalidation fails this instance stops reading the cache
+    /// until it is applied, before the write is acknowledged; when either fails (or the
+    /// event must wait behind an older one of the same user) the row stays for the drainer.
+    pub(super) async fn after_write<T>(
+        &self,
+        w: Written<T>,
+        id: UserId,
+        scope: InvalidationScope,
+    ) -> T {
         self.own(&[w.outbox_id]);
-        match self.cache.invalidate(id, scope).await {
-            Ok(()) => {
-                // Deleting the row is bookkeeping, not part of the write's promise: the next
-                // drain pass deletes every applied row in one statement, off the response
-                // path; meanwhile the drainer leaves the row alone.
-                self.applied(&[w.outbox_id]);
-            }
+        let invalidated = match self.cache.invalidate(id, scope).await {
+            Ok(()) => true,
             Err(e) => {
                 self.cache.mark_dirty();
-                self.disown(&[w.outbox_id]);
                 tracing::warn!(error = %e, "cache invalidation failed; kept in the outbox, reading the database until it is applied");
+                false
             }
+        };
+        let published = match &w.event {
+            None => true,
+            Some(_) if w.event_behind => false,
+            Some(event) => self.events.publish(event, "writer").await,
+        };
+        if !published {
+            // Before the row is disowned, so the drainer knows it need not wait for the
+            // hand-off time.
+            self.events.hand_off(w.outbox_id);
+        }
+        if invalidated && published {
+            // Deleting the row is bookkeeping, not part of the write's promise: the next
+            // drain pass deletes every applied row in one statement, off the response
+            // path; meanwhile the drainer leaves the row alone.
+            self.applied(&[w.outbox_id]);
+        } else {
+            self.disown(&[w.outbox_id]);
         }
         w.value
     }

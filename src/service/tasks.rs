@@ -1,6 +1,7 @@
 //! Background work: the hit/miss flusher, the outbox drainer (which also pings the store
-//! so `/ready` and the breaker follow Redis while idle), the eviction-policy check and the
-//! start-up prewarm. All stop when the shutdown token is cancelled.
+//! so `/ready` and the breaker follow Redis while idle, and publishes the events left
+//! behind), the event subscriber, the eviction-policy check and the start-up prewarm. All
+//! stop when the shutdown token is cancelled.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,17 +12,32 @@ use tokio_util::sync::CancellationToken;
 
 use super::ProfileService;
 use crate::cache::EvictionCheck;
+use crate::redis::RedisClient;
 
 /// Longest wait of the start-up prewarm for a usable cache store.
 const PREWARM_WAIT: Duration = Duration::from_secs(10);
 
-/// Starts the background tasks, and the start-up prewarm once when `prewarm.enabled`.
+/// Starts the background tasks (the event subscriber when there is a Redis), and the
+/// start-up prewarm once when `prewarm.enabled`.
 pub fn spawn_background(
     service: &ProfileService,
+    redis: Option<&RedisClient>,
     shutdown: &CancellationToken,
 ) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     let cache = service.cache();
+
+    match redis {
+        Some(redis) => {
+            let (svc, redis, stop) = (service.clone(), redis.clone(), shutdown.clone());
+            tasks.push(tokio::spawn(super::events_in::run_subscriber(
+                svc, redis, stop,
+            )));
+        }
+        None => tracing::info!(
+            "no Redis: no events (user:* are not received, profile:* are not published)"
+        ),
+    }
 
     let (c, stop) = (cache.clone(), shutdown.clone());
     tasks.push(tokio::spawn(async move {
