@@ -94,7 +94,7 @@ pub async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
     ));
     let redis = match &state.redis {
         // The client's own per-call timeout and circuit breaker bound this.
-        Some(client) => ping(client.query::<String>(&::redis::cmd("PING")).await.is_ok()),
+        Some(client) => ping(client.ping().await),
         None => "embedded",
     };
     let (status, code) = match (database, redis) {

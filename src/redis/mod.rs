@@ -238,6 +238,11 @@ impl RedisClient {
         self.inner.timeout
     }
 
+    /// `PING` under the timeout and breaker: true when Redis answered.
+    pub async fn ping(&self) -> bool {
+        self.query::<String>(&::redis::cmd("PING")).await.is_ok()
+    }
+
     /// One command under the timeout and breaker.
     pub async fn query<T: FromRedisValue + Send>(&self, cmd: &Cmd) -> Result<T, StoreError> {
         self.call(|mut c| async move { cmd.query_async(&mut c).await })
