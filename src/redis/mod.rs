@@ -20,12 +20,12 @@
 //! idempotent commands (GET, SET with a fixed value, …). A script that failed with
 //! `NOSCRIPT` did not run, so the script itself is never applied twice.
 //!
-//! On a cluster a pipeline must address a single slot (use [`key_slot`] to group keys).
+//! On a cluster a pipeline must address a single slot (group keys with redis-rs'
+//! `cluster_routing::Slot::for_key`).
 
 mod breaker;
 pub mod cache_store;
 pub mod counters;
-pub mod slot;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -47,7 +47,6 @@ use breaker::Breaker;
 
 pub use cache_store::RedisCacheStore;
 pub use counters::RedisCounters;
-pub use slot::key_slot;
 
 pub use crate::store::StoreError;
 
