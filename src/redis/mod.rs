@@ -59,6 +59,12 @@ impl From<RedisError> for StoreError {
     }
 }
 
+/// A Redis setting the client cannot use (a URL that does not parse). Nothing is
+/// connected at start, so this is the only Redis error start-up can meet.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(#[from] RedisError);
+
 /// A live connection of either kind; both multiplex, so clones share one socket set.
 #[derive(Clone)]
 enum Conn {
@@ -137,7 +143,7 @@ impl std::fmt::Debug for RedisClient {
 impl RedisClient {
     /// `None` when neither REDIS_URL nor REDIS_CLUSTER_URLS is set. Never connects here (the
     /// service must start while Redis is down); invalid URLs are an error.
-    pub fn from_config(config: &Config) -> Result<Option<Self>, RedisError> {
+    pub fn from_config(config: &Config) -> Result<Option<Self>, SetupError> {
         let target = if let Some(url) = &config.redis_url {
             Target::Single(Box::new(::redis::Client::open(url.as_str())?))
         } else if !config.redis_cluster_urls.is_empty() {
