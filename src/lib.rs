@@ -62,7 +62,7 @@ pub enum StartError {
     Auth(#[from] auth::AuthSetupError),
     /// A Redis URL that does not parse (nothing is connected at start).
     #[error("invalid redis configuration: {0}")]
-    Redis(#[from] ::redis::RedisError),
+    Redis(#[from] redis::SetupError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,

@@ -5,7 +5,7 @@
 //! trip); on a cluster it is grouped by slot and the groups are sent concurrently; no
 //! command ever spans two slots.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -13,7 +13,9 @@ use ::redis::{Cmd, Script, cmd, pipe};
 use async_trait::async_trait;
 use futures::future::try_join_all;
 
-use super::{RedisClient, StoreError, key_slot};
+use ::redis::cluster_routing::Slot;
+
+use super::{RedisClient, StoreError};
 use crate::cache::{CacheStore, EntryKeys, Fill, FillContent, HITS_KEY, MISSES_KEY, Observed};
 
 /// The guarded fill. KEYS: entry, state, missing. ARGV: the state the reader saw ("" for
@@ -65,9 +67,9 @@ impl RedisCacheStore {
         if !self.client.is_cluster() {
             return vec![keys.enumerate().map(|(i, _)| i).collect()];
         }
-        let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+        let mut by_slot: HashMap<Slot, Vec<usize>> = HashMap::new();
         for (i, k) in keys.enumerate() {
-            by_slot.entry(key_slot(k.as_bytes())).or_default().push(i);
+            by_slot.entry(Slot::for_key(k)).or_default().push(i);
         }
         by_slot.into_values().collect()
     }
@@ -335,5 +337,25 @@ impl CacheStore for RedisCacheStore {
                 .await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::kinds_for;
+    use crate::db::InvalidationScope;
+    use crate::domain::UserId;
+
+    #[test]
+    fn companions_share_the_entry_slot() {
+        let id = UserId::random();
+        for kind in kinds_for(InvalidationScope::All) {
+            let k = kind.keys(id);
+            let slot = Slot::for_key(&k.entry);
+            assert_eq!(Slot::for_key(&k.state), slot, "{}", k.state);
+            assert_eq!(Slot::for_key(&k.missing), slot, "{}", k.missing);
+            assert_eq!(Slot::for_key(k.refresh_lock()), slot);
+        }
     }
 }

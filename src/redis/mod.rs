@@ -20,13 +20,13 @@
 //! idempotent commands (GET, SET with a fixed value, …). A script that failed with
 //! `NOSCRIPT` did not run, so the script itself is never applied twice.
 //!
-//! On a cluster a pipeline must address a single slot (use [`key_slot`] to group keys).
+//! On a cluster a pipeline must address a single slot (group keys with redis-rs'
+//! `cluster_routing::Slot::for_key`).
 
 mod breaker;
 pub mod cache_store;
 pub mod counters;
 pub mod pubsub;
-pub mod slot;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -49,7 +49,6 @@ use breaker::Breaker;
 pub use cache_store::RedisCacheStore;
 pub use counters::RedisCounters;
 pub use pubsub::{Incoming, Subscriber};
-pub use slot::key_slot;
 
 pub use crate::store::StoreError;
 
@@ -61,6 +60,12 @@ impl From<RedisError> for StoreError {
         }
     }
 }
+
+/// A Redis setting the client cannot use (a URL that does not parse). Nothing is
+/// connected at start, so this is the only Redis error start-up can meet.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(#[from] RedisError);
 
 /// A live connection of either kind; both multiplex, so clones share one socket set.
 #[derive(Clone)]
@@ -142,7 +147,7 @@ impl std::fmt::Debug for RedisClient {
 impl RedisClient {
     /// `None` when neither REDIS_URL nor REDIS_CLUSTER_URLS is set. Never connects here (the
     /// service must start while Redis is down); invalid URLs are an error.
-    pub fn from_config(config: &Config) -> Result<Option<Self>, RedisError> {
+    pub fn from_config(config: &Config) -> Result<Option<Self>, SetupError> {
         let mut pubsub_targets = Vec::new();
         let target = if let Some(url) = &config.redis_url {
             let client = ::redis::Client::open(url.as_str())?;
