@@ -34,4 +34,5 @@ mod ratelimit_memory;
 mod ratelimit_redis;
 mod repo;
 mod request_id;
+mod settings;
 mod shutdown;
