@@ -593,6 +593,54 @@ async fn behind_a_trusted_proxy_a_spoofed_first_entry_changes_nothing() {
     );
 }
 
+/// [`bad_token_from`] with raw header bytes (which need not be ASCII).
+async fn bad_token_from_bytes(app: &TestApp, xff: &[u8]) -> Resp {
+    let mut s = connect(app).await;
+    let mut req = b"GET /api/profiles/me HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer nope\r\nX-Forwarded-For: ".to_vec();
+    req.extend_from_slice(xff);
+    req.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+    s.write_all(&req).await.unwrap();
+    read_response(&mut s, Duration::from_secs(3)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_byte_in_x_forwarded_for_spoils_only_its_entry_never_the_proxys_limit() {
+    let mut c = edge_config().await;
+    c.rate_limits.per_address = 2;
+    c.rate_limits.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    let app = TestApp::spawn_with(c).await;
+    // Five clients behind the proxy, each sending one non-ASCII byte in front of its own
+    // (proxy-appended) address: each is counted as itself, twice, within its limit of 2.
+    for i in 0..5 {
+        for _ in 0..2 {
+            let mut raw = b"\xff".to_vec();
+            raw.extend_from_slice(format!(", 198.51.100.6{i}").as_bytes());
+            assert_eq!(
+                bad_token_from_bytes(&app, &raw).await.status,
+                401,
+                "client {i}"
+            );
+        }
+    }
+    // Forwarded requests with nothing usable share one bucket of their own...
+    let statuses = [
+        bad_token_from_bytes(&app, b"\xff").await.status,
+        bad_token_from_bytes(&app, b"not-an-address").await.status,
+        bad_token_from_bytes(&app, b"\xfe\xff, ").await.status,
+    ];
+    assert_eq!(statuses, [401, 401, 429], "the malformed-forwarding bucket");
+    // ...and the proxy's own requests (no X-Forwarded-For) are still within its limit.
+    let mut s = connect(&app).await;
+    s.write_all(b"GET /api/profiles/me HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer nope\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response(&mut s, Duration::from_secs(3)).await.unwrap();
+    assert_eq!(
+        r.status, 401,
+        "the proxy's own address was spent by its clients"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_peer_cannot_choose_its_address() {
     let mut c = edge_config().await;
