@@ -161,3 +161,91 @@ async fn sigterm_mid_load_loses_no_counts_and_no_logins() {
             .unwrap();
     assert_eq!(recorded, USERS as i64, "every user's login recorded");
 }
+
+/// Holds `LOCK TABLE profiles` in an open transaction: every read of a profile waits.
+async fn lock_profiles(db_url: &str) -> sqlx::PgConnection {
+    let mut lock = sqlx::PgConnection::connect(db_url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut lock).await.unwrap();
+    sqlx::query("LOCK TABLE profiles IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    lock
+}
+
+/// Statements of this database waiting on a lock (excluding the asking connection).
+async fn waiting_on_locks(db_url: &str) -> i64 {
+    let mut conn = sqlx::PgConnection::connect(db_url).await.unwrap();
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
+}
+
+/// Sends `GET /api/profiles/{id}` for each id over raw sockets, waits until `expect_waiting`
+/// of them are waiting in PostgreSQL, then hangs up on all of them (a client timing out).
+async fn abandon_reads(addr: &str, db_url: &str, ids: &[UserId], expect_waiting: i64) {
+    use tokio::io::AsyncWriteExt;
+    let mut sockets = Vec::new();
+    for id in ids {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let t = crate::helpers::token(*id, crate::helpers::Role::User);
+        let req = format!(
+            "GET /api/profiles/{id} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {t}\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        sockets.push(s);
+    }
+    crate::helpers::eventually(
+        Duration::from_secs(10),
+        "reads waiting on the lock",
+        || async { waiting_on_locks(db_url).await >= expect_waiting },
+    )
+    .await;
+    drop(sockets);
+    // The server notices the hang-ups and drops those requests.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+/// The leak behind issue 17's endless shutdown: a cache-miss read whose client hung up
+/// while PostgreSQL was still answering. Its single flight stayed in the flight map,
+/// unpolled, holding a pooled connection with the reply unread, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_whose_client_hung_up_gives_its_connection_back() {
+    use crate::helpers::redis::{StoreKind, Target};
+    let target = Target::new(StoreKind::Shared).await;
+    let app = crate::helpers::TestApp::builder()
+        .with_backend(crate::helpers::Backend::Postgres)
+        .with_store(&target)
+        .with(|c| c.database.max_connections = 4)
+        .spawn()
+        .await;
+    let db_url = app.config.database_url.clone();
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let ids: Vec<UserId> = (0..3).map(|_| UserId::random()).collect();
+    let lock = lock_profiles(&db_url).await;
+    abandon_reads(&addr, &db_url, &ids, 3).await;
+    lock.close().await.unwrap();
+    let repo = app.state.profiles.repo().clone();
+    crate::helpers::eventually(
+        Duration::from_secs(5),
+        "every pooled connection back and idle",
+        || {
+            let stats = repo.pool_stats();
+            async move { stats.idle == stats.size }
+        },
+    )
+    .await;
+    // And the pool serves: four reads at once, each on a connection of its own.
+    let mut four = ids.clone();
+    four.push(UserId::random());
+    let reads = four.iter().map(|id| {
+        let app = &app;
+        async move { app.read_profile(*id).await.0 }
+    });
+    let statuses = futures::future::join_all(reads).await;
+    assert_eq!(statuses, [404, 404, 404, 404]);
+}
