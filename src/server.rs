@@ -77,12 +77,14 @@ impl ConnLimits {
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled and every connection has
-/// finished its in-flight request.
+/// finished its in-flight request, or until `abort` is cancelled, which closes every
+/// connection at once (requests in flight are dropped).
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     limits: ConnLimits,
     shutdown: CancellationToken,
+    abort: CancellationToken,
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let tracker = TaskTracker::new();
@@ -117,17 +119,31 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let builder = builder.clone();
-        let shutdown = shutdown.clone();
+        let (shutdown, abort) = (shutdown.clone(), abort.clone());
         tracker.spawn(async move {
             metrics::gauge!("http_connections_open").increment(1.0);
-            serve_connection(stream, peer, router, &builder, limits, epoch, shutdown).await;
+            tokio::select! {
+                _ = serve_connection(stream, peer, router, &builder, limits, epoch, shutdown) => {}
+                // Dropping the connection drops its request, and what the request held
+                // (a pooled database connection goes back to its pool).
+                _ = abort.cancelled() => {}
+            }
             metrics::gauge!("http_connections_open").decrement(1.0);
             drop(permit);
         });
     }
     drop(listener);
     tracker.close();
-    tracker.wait().await;
+    tokio::select! {
+        _ = tracker.wait() => {}
+        _ = abort.cancelled() => {
+            tracing::warn!(
+                connections = tracker.len(),
+                "closing connections whose requests are still in flight"
+            );
+            tracker.wait().await;
+        }
+    }
     Ok(())
 }
 

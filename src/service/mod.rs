@@ -13,4 +13,4 @@ pub use outbox::DrainError;
 pub use profiles::{BatchOutcome, Lookup, ProfileService};
 pub(crate) use profiles::{count_query, dedupe};
 pub use reads::{Prefetched, ProfileJson};
-pub use tasks::{spawn_background, warn_about_eviction};
+pub use tasks::{Named, spawn_background, warn_about_eviction};
