@@ -12,8 +12,8 @@
 //!   flight and no new bytes is closed after this long.
 //! - **Connection cap** (`max_connections`): at the cap the loop stops accepting until a
 //!   connection ends; new clients wait in the kernel's backlog.
-//! - **Head size**: hyper's read buffer is capped (`MAX_HEAD_BYTES`), so a larger head is
-//!   refused with 431 rather than buffered.
+//! - **Head size**: a request line and headers of more than 64 KiB (`MAX_HEAD_BYTES`, to
+//!   the byte) are refused with 431 rather than buffered.
 //!
 //! Early answers and unread bodies: when the application answers without reading the whole
 //! request body (a 401, 403, 413, 415 or 429 decided on the head alone), hyper would close
@@ -96,6 +96,9 @@ pub async fn serve(
         // the end of the previous response, so it cannot tell an idle connection from a
         // slow head); hyper's stays off.
         .header_read_timeout(None)
+        // The head limit itself: hyper's read buffer alone overshoots (a read may land
+        // past `max_buf_size` before the check), which let an 80 KiB header through.
+        .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
     let builder = Arc::new(builder);

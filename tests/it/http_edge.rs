@@ -248,6 +248,47 @@ async fn at_the_connection_cap_new_clients_wait_for_a_free_slot() {
     assert_eq!(r.status, 200);
 }
 
+/// A `GET /health` whose head (request line, headers, final blank line) is exactly
+/// `size` bytes, padded by one `X-Pad` header.
+fn head_of_size(size: usize) -> Vec<u8> {
+    let fixed = "GET /health HTTP/1.1\r\nHost: t\r\nX-Pad: \r\n\r\n".len();
+    let head = format!(
+        "GET /health HTTP/1.1\r\nHost: t\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(size - fixed)
+    );
+    assert_eq!(head.len(), size);
+    head.into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_over_64_kib_is_431_to_the_byte() {
+    let app = TestApp::spawn_with(edge_config().await).await;
+    // The probe: one 80 KiB header (answered 200 before).
+    for (size, status) in [
+        (80 * 1024, 431),
+        (64 * 1024 + 1, 431),
+        (64 * 1024, 200),
+        (1000, 200),
+    ] {
+        let mut s = connect(&app).await;
+        s.write_all(&head_of_size(size)).await.unwrap();
+        let r = read_response(&mut s, Duration::from_secs(3))
+            .await
+            .unwrap_or_else(|| panic!("no answer to a {size}-byte head"));
+        assert_eq!(r.status, status, "a head of {size} bytes");
+    }
+    // Many headers adding up past the limit are one head too.
+    let mut head = b"GET /health HTTP/1.1\r\nHost: t\r\n".to_vec();
+    for i in 0..20 {
+        head.extend_from_slice(format!("X-Pad-{i}: {}\r\n", "b".repeat(4000)).as_bytes());
+    }
+    head.extend_from_slice(b"\r\n");
+    let mut s = connect(&app).await;
+    s.write_all(&head).await.unwrap();
+    let r = read_response(&mut s, Duration::from_secs(3)).await.unwrap();
+    assert_eq!(r.status, 431);
+}
+
 /// Sends `head` (a request whose body is not sent yet), reads the early answer, then
 /// sends the body and a second request on the same connection: the second must be
 /// answered unless the first said `Connection: close`.
