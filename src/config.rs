@@ -215,6 +215,9 @@ pub struct ServerConfig {
     pub keep_alive_timeout_ms: u64,
     /// Most connections open at once; at the cap, new ones wait in the backlog.
     pub max_connections: usize,
+    /// Most connections one client address (an IPv6 /64) may hold at once; past it a new
+    /// one is answered 429 and closed. Trusted proxies are exempt. 0: no such cap.
+    pub max_connections_per_address: usize,
     /// Longest time a request may take once its head is in.
     pub request_timeout_ms: u64,
     /// `json` for machines, `pretty` for people, `auto` (the default): `pretty` when
@@ -389,6 +392,7 @@ impl Default for ServerConfig {
             header_read_timeout_ms: 10_000,
             keep_alive_timeout_ms: 30_000,
             max_connections: 10_000,
+            max_connections_per_address: 256,
             request_timeout_ms: 15_000,
             log_format: "auto".into(),
             shutdown_grace_secs: 10,

@@ -201,6 +201,7 @@ impl App {
             self.listener,
             self.router,
             limits,
+            server::Exempt::from_config(&config.rate_limits),
             shutdown.clone(),
             abort.clone(),
         );

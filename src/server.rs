@@ -12,6 +12,11 @@
 //!   flight and no new bytes is closed after this long.
 //! - **Connection cap** (`max_connections`): at the cap the loop stops accepting until a
 //!   connection ends; new clients wait in the kernel's backlog.
+//! - **Per-address cap** (`max_connections_per_address`): one client address (an IPv6
+//!   /64) holds at most this many connections; past it a new one is answered 429 and
+//!   closed, so a few clients cannot hold every slot of the connection cap. Trusted
+//!   proxies (`rate_limits.trusted_proxies`, or every peer under `trust_forwarded_for`)
+//!   are exempt, since one proxy carries many clients.
 //! - **Head size**: a request line and headers of more than 64 KiB (`MAX_HEAD_BYTES`, to
 //!   the byte) are refused with 431 rather than buffered.
 //!
@@ -27,12 +32,13 @@
 //! Graceful shutdown: cancelling the token stops the accept loop and asks every
 //! connection to close after its in-flight request; [`serve`] returns once all have.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -50,7 +56,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::config::ServerConfig;
+use crate::config::{RateLimitConfig, ServerConfig};
+use crate::ratelimit::address::{Cidr, limited_unit};
 
 /// Largest unread request body drained after an early answer to keep the connection.
 pub const DRAIN_MAX_BYTES: u64 = 64 * 1024;
@@ -63,6 +70,8 @@ pub struct ConnLimits {
     pub header_read_timeout: Duration,
     pub keep_alive_timeout: Duration,
     pub max_connections: usize,
+    /// Connections one address may hold at once; 0: no cap.
+    pub max_per_address: usize,
 }
 
 impl ConnLimits {
@@ -72,8 +81,101 @@ impl ConnLimits {
             header_read_timeout: Duration::from_millis(c.header_read_timeout_ms),
             keep_alive_timeout: Duration::from_millis(c.keep_alive_timeout_ms),
             max_connections: c.max_connections,
+            max_per_address: c.max_connections_per_address,
         }
     }
+}
+
+/// Who is exempt from the per-address cap: the proxies the rate limiter trusts.
+#[derive(Debug, Clone, Default)]
+pub struct Exempt {
+    /// Every peer (`rate_limits.trust_forwarded_for`).
+    pub all: bool,
+    /// `rate_limits.trusted_proxies`.
+    pub proxies: Vec<Cidr>,
+}
+
+impl Exempt {
+    /// The proxies of the `[rate_limits]` table.
+    pub fn from_config(c: &RateLimitConfig) -> Self {
+        Self {
+            all: c.trust_forwarded_for,
+            proxies: c.trusted_proxies.clone(),
+        }
+    }
+
+    fn covers(&self, ip: IpAddr) -> bool {
+        self.all || self.proxies.iter().any(|c| c.contains(ip))
+    }
+}
+
+/// Open connections per client address, for the per-address cap.
+struct PerAddress {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection counted against its address until dropped.
+struct AddressSlot {
+    table: Arc<PerAddress>,
+    addr: IpAddr,
+}
+
+impl PerAddress {
+    /// A slot for `addr`, or `None` when it already holds `max` connections.
+    fn take(self: &Arc<Self>, addr: IpAddr) -> Option<AddressSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(addr).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            table: self.clone(),
+            addr,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.addr);
+            }
+        }
+    }
+}
+
+/// The body of the answer to a connection past its address's cap.
+const PER_ADDRESS_DETAIL: &str = r#"{"detail":"Too many open connections from this address."}"#;
+
+/// Answers 429 on a connection refused by the per-address cap, then closes it gently:
+/// its request is read and discarded for a moment first, since closing a socket with
+/// unread bytes resets it and the client could lose the answer.
+async fn refuse(mut stream: TcpStream, linger: Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(linger, async {
+        let answer = format!(
+            "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
+             retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{PER_ADDRESS_DETAIL}",
+            PER_ADDRESS_DETAIL.len()
+        );
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut left = DRAIN_MAX_BYTES as usize;
+        while left > 0 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        io::Result::Ok(())
+    })
+    .await;
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled and every connection has
@@ -83,10 +185,15 @@ pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     limits: ConnLimits,
+    exempt: Exempt,
     shutdown: CancellationToken,
     abort: CancellationToken,
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let per_address = Arc::new(PerAddress {
+        max: limits.max_per_address,
+        open: Mutex::new(HashMap::new()),
+    });
     let tracker = TaskTracker::new();
     let epoch = Instant::now();
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -120,6 +227,24 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        let slot = if limits.max_per_address == 0 || exempt.covers(peer.ip()) {
+            None
+        } else {
+            match per_address.take(limited_unit(peer.ip())) {
+                Some(slot) => Some(slot),
+                None => {
+                    metrics::counter!("http_connections_refused_total", "reason" => "per_address")
+                        .increment(1);
+                    tracing::debug!("connection refused: its address holds its cap already");
+                    let linger = limits.header_read_timeout.min(Duration::from_secs(1));
+                    tracker.spawn(async move {
+                        refuse(stream, linger).await;
+                        drop(permit);
+                    });
+                    continue;
+                }
+            }
+        };
         let router = router.clone();
         let builder = builder.clone();
         let (shutdown, abort) = (shutdown.clone(), abort.clone());
@@ -132,6 +257,7 @@ pub async fn serve(
                 _ = abort.cancelled() => {}
             }
             metrics::gauge!("http_connections_open").decrement(1.0);
+            drop(slot);
             drop(permit);
         });
     }

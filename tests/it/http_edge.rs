@@ -193,7 +193,10 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_connections_holding_8_kib_heads_are_all_closed() {
-    let app = TestApp::spawn_with(edge_config().await).await;
+    let mut c = edge_config().await;
+    // All from one address: the header timeout is under test here, not the per-address cap.
+    c.server.max_connections_per_address = 0;
+    let app = TestApp::spawn_with(c).await;
     let mut conns = Vec::new();
     let filler = format!(
         "GET /health HTTP/1.1\r\nHost: t\r\nX-Fill: {}\r\n",
@@ -287,6 +290,64 @@ async fn a_head_over_64_kib_is_431_to_the_byte() {
     s.write_all(&head).await.unwrap();
     let r = read_response(&mut s, Duration::from_secs(3)).await.unwrap();
     assert_eq!(r.status, 431);
+}
+
+/// A connection from the local address `from` (any of 127.0.0.0/8).
+async fn connect_from(app: &TestApp, from: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(addr(app)).await.expect("connect")
+}
+
+/// A `GET /health` on `s`, kept alive: its status.
+async fn health_on(s: &mut TcpStream) -> u16 {
+    s.write_all(HEALTH).await.unwrap();
+    read_response(s, Duration::from_secs(3))
+        .await
+        .map_or(0, |r| r.status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_every_connection_slot_but_a_trusted_proxy_may() {
+    let mut c = edge_config().await;
+    c.server.max_connections = 8;
+    c.server.max_connections_per_address = 3;
+    c.server.keep_alive_timeout_ms = 20_000;
+    c.rate_limits.trusted_proxies = vec!["127.0.0.3/32".parse().unwrap()];
+    let app = TestApp::spawn_with(c).await;
+    // A client keeps three keep-alive connections open (polling, as in the issue).
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = connect_from(&app, "127.0.0.1").await;
+        assert_eq!(health_on(&mut s).await, 200);
+        held.push(s);
+    }
+    // Its fourth is refused at once with 429, and closed.
+    let mut fourth = connect_from(&app, "127.0.0.1").await;
+    fourth.write_all(HEALTH).await.unwrap();
+    let r = read_response(&mut fourth, Duration::from_secs(3))
+        .await
+        .expect("an answer, not a wait in the backlog");
+    assert_eq!(r.status, 429);
+    assert!(r.closes(), "{}", r.head);
+    assert!(String::from_utf8_lossy(&r.body).contains("\"detail\""));
+    assert!(closed_within(&mut fourth, Duration::from_secs(2)).await);
+    // Another client is served meanwhile.
+    let mut other = connect_from(&app, "127.0.0.2").await;
+    assert_eq!(health_on(&mut other).await, 200);
+    // A trusted proxy carries many clients: four connections, all served.
+    let mut proxy = Vec::new();
+    for _ in 0..4 {
+        let mut s = connect_from(&app, "127.0.0.3").await;
+        assert_eq!(health_on(&mut s).await, 200, "a trusted proxy is exempt");
+        proxy.push(s);
+    }
+    // A slot given back is a slot again, and the held ones still work.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = connect_from(&app, "127.0.0.1").await;
+    assert_eq!(health_on(&mut again).await, 200);
+    assert_eq!(health_on(&mut held[0]).await, 200);
 }
 
 /// Sends `head` (a request whose body is not sent yet), reads the early answer, then
