@@ -193,7 +193,16 @@ impl App {
     /// answer says whether any did.
     pub async fn run_until_stopped(self) -> std::io::Result<Stopped> {
         let config = &self.state.config;
-        let limits = server::ConnLimits::from_config(&config.server);
+        let mut limits = server::ConnLimits::from_config(&config.server);
+        // SQLite holds the database, its WAL and its shared memory per connection.
+        let per_db_connection = if config.database_url.starts_with("sqlite") {
+            3
+        } else {
+            1
+        };
+        let database_fds = u64::from(config.database.max_connections) * per_db_connection;
+        limits.max_connections =
+            server::fit_descriptor_limit(limits.max_connections, database_fds).max_connections;
         let grace = Duration::from_secs(config.server.shutdown_grace_secs);
         let shutdown = self.shutdown.clone();
         let abort = CancellationToken::new();

@@ -86,6 +86,138 @@ impl ConnLimits {
     }
 }
 
+/// Descriptors the process needs besides its HTTP connections and database connections:
+/// standard streams, the listener, the runtime's own, Redis, the JWKS client, files.
+const FD_RESERVE: u64 = 32;
+
+/// What the file-descriptor limit allows, found at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Descriptors {
+    /// The soft limit in force after trying to raise it to the hard limit.
+    pub limit: u64,
+    /// The hard limit.
+    pub hard: u64,
+    /// What the configuration needs: `max_connections` plus the database's and a reserve.
+    pub needed: u64,
+    /// The connection cap to serve with: `max_connections`, or less when the limit is short.
+    pub max_connections: usize,
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and compares it with what the
+/// configuration needs: `max_connections` connections, `database_fds` for the pool, and a
+/// reserve. When the limit is still short, the connection cap is lowered to fit (logged
+/// as a warning): running out of descriptors also fails database connections and Redis
+/// reconnects, not just accepts.
+pub fn fit_descriptor_limit(max_connections: usize, database_fds: u64) -> Descriptors {
+    let reserve = FD_RESERVE + database_fds;
+    let needed = max_connections as u64 + reserve;
+    let unknown = Descriptors {
+        limit: u64::MAX,
+        hard: u64::MAX,
+        needed,
+        max_connections,
+    };
+    let Ok((soft, hard)) = rlimit::Resource::NOFILE.get() else {
+        return unknown;
+    };
+    // An unlimited hard limit cannot be the soft one (the kernel caps it at nr_open):
+    // ask for what is needed then.
+    let target = if hard == rlimit::INFINITY {
+        needed.max(soft)
+    } else {
+        hard
+    };
+    let limit = match rlimit::increase_nofile_limit(target) {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::debug!(error = %e, soft, hard, "could not raise the file-descriptor limit");
+            soft
+        }
+    };
+    if limit > soft {
+        tracing::info!(
+            from = soft,
+            to = limit,
+            "raised the file-descriptor limit (soft) to the hard limit"
+        );
+    }
+    if limit >= needed {
+        return Descriptors {
+            limit,
+            hard,
+            needed,
+            max_connections,
+        };
+    }
+    let fit = usize::try_from(limit.saturating_sub(reserve))
+        .unwrap_or(usize::MAX)
+        .max(1);
+    tracing::warn!(
+        limit,
+        hard,
+        needed,
+        max_connections,
+        serving_at_most = fit,
+        "the file-descriptor limit is below what server.max_connections needs: serving at \
+         most {fit} connections at once; raise `ulimit -n` (LimitNOFILE= in systemd, \
+         --ulimit nofile= in docker) to at least {needed}, or lower server.max_connections"
+    );
+    Descriptors {
+        limit,
+        hard,
+        needed,
+        max_connections: fit,
+    }
+}
+
+/// Failed accepts (out of descriptors, and friends): each backs off before the next try,
+/// and they are logged at most once per [`AcceptFailures::LOG_EVERY`], with a count,
+/// instead of once per failure (which was 20 lines a second under `ulimit -n 64`).
+#[derive(Debug, Default)]
+pub struct AcceptFailures {
+    /// Failures not yet logged.
+    unlogged: u64,
+    last_log: Option<Instant>,
+    delay: Duration,
+}
+
+impl AcceptFailures {
+    /// The first pause after a failure; each further failure in a row doubles it.
+    pub const FIRST_DELAY: Duration = Duration::from_millis(10);
+    /// The longest pause.
+    pub const MAX_DELAY: Duration = Duration::from_secs(1);
+    /// At most one log line per this long.
+    pub const LOG_EVERY: Duration = Duration::from_secs(10);
+
+    /// Notes a failure at `now`: how long to pause, and the count to log now, if any.
+    pub fn failed(&mut self, now: Instant) -> (Duration, Option<u64>) {
+        self.unlogged += 1;
+        self.delay = (self.delay * 2).clamp(Self::FIRST_DELAY, Self::MAX_DELAY);
+        (self.delay, self.take_due(now))
+    }
+
+    /// Notes an accept that worked at `now`: the pause starts over, and failures not yet
+    /// logged are, once their interval is over (the count to log, if any).
+    pub fn succeeded(&mut self, now: Instant) -> Option<u64> {
+        self.delay = Duration::ZERO;
+        if self.unlogged == 0 {
+            return None;
+        }
+        self.take_due(now)
+    }
+
+    fn take_due(&mut self, now: Instant) -> Option<u64> {
+        let due = self
+            .last_log
+            .is_none_or(|at| now.duration_since(at) >= Self::LOG_EVERY);
+        if !due {
+            return None;
+        }
+        self.last_log = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
 /// Who is exempt from the per-address cap: the proxies the rate limiter trusts.
 #[derive(Debug, Clone, Default)]
 pub struct Exempt {
@@ -190,6 +322,7 @@ pub async fn serve(
     abort: CancellationToken,
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut accept_failures = AcceptFailures::default();
     let per_address = Arc::new(PerAddress {
         max: limits.max_per_address,
         open: Mutex::new(HashMap::new()),
@@ -217,12 +350,31 @@ pub async fn serve(
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+                Ok(a) => {
+                    if let Some(failed) = accept_failures.succeeded(Instant::now()) {
+                        tracing::warn!(failed, "accepting again after failed accepts");
+                    }
+                    a
+                }
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning, as axum::serve does.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+                    // EMFILE and friends: back off instead of spinning, and say so once
+                    // per interval, with a count, not once per try.
+                    metrics::counter!("http_accept_errors_total").increment(1);
+                    let (pause, log) = accept_failures.failed(Instant::now());
+                    if let Some(failed) = log {
+                        tracing::warn!(
+                            error = %e,
+                            failed,
+                            pausing_ms = pause.as_millis() as u64,
+                            "accept failed {failed} time(s) since the last report \
+                             (at most one report per {}s); backing off",
+                            AcceptFailures::LOG_EVERY.as_secs()
+                        );
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => continue,
+                    }
                 }
             },
         };
@@ -591,5 +743,48 @@ impl AsyncWrite for Watched {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_back_off_and_are_logged_once_per_interval_with_a_count() {
+        let start = Instant::now();
+        let mut f = AcceptFailures::default();
+        let mut now = start;
+        let mut logged = Vec::new();
+        let mut pauses = Vec::new();
+        // Twenty seconds of failing accepts, each retried after its pause.
+        while now.duration_since(start) < Duration::from_secs(20) {
+            let (pause, log) = f.failed(now);
+            logged.extend(log);
+            pauses.push(pause);
+            now += pause;
+        }
+        let failures = pauses.len() as u64;
+        assert_eq!(pauses[0], AcceptFailures::FIRST_DELAY);
+        assert!(pauses.windows(2).all(|w| w[1] >= w[0]), "{pauses:?}");
+        assert_eq!(*pauses.last().unwrap(), AcceptFailures::MAX_DELAY);
+        // One line at the first failure, then one per ten seconds: three, not hundreds.
+        assert!(logged.len() <= 3, "{logged:?}");
+        // An accept that works starts the pause over, and reports what was not yet logged.
+        now += AcceptFailures::LOG_EVERY;
+        let rest = f.succeeded(now).expect("the unlogged failures");
+        assert_eq!(logged.iter().sum::<u64>() + rest, failures);
+        assert_eq!(f.failed(now).0, AcceptFailures::FIRST_DELAY);
+    }
+
+    #[test]
+    fn the_descriptor_limit_is_raised_and_the_cap_fits_it() {
+        let d = fit_descriptor_limit(10, 4);
+        assert_eq!(d.needed, 10 + 4 + FD_RESERVE);
+        if d.limit >= d.needed {
+            assert_eq!(d.max_connections, 10);
+        }
+        let huge = fit_descriptor_limit(usize::MAX / 2, 0);
+        assert!(huge.max_connections < usize::MAX / 2 || huge.limit == u64::MAX);
     }
 }

@@ -797,3 +797,92 @@ async fn graceful_shutdown_finishes_the_request_in_flight_and_closes_idle_ones()
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(TcpStream::connect(addr(&app)).await.is_err());
 }
+
+/// Issue 17: under `ulimit -n 64` the release binary logged "accept failed: Too many open
+/// files" 20 times a second, and never compared the limit with `max_connections` (10,000
+/// by default). Now it raises the soft limit to the hard one, lowers its connection cap to
+/// fit what is left (saying so), and a crowd of connections neither floods the log nor
+/// stops it from serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_ulimit_n_64_the_cap_fits_the_limit_and_the_log_is_not_flooded() {
+    let dir = std::env::temp_dir().join(format!("user-api-nofile-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("stderr.log");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 64 && exec \"$0\" serve")
+        .arg(env!("CARGO_BIN_EXE_user-api"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.join("db.sqlite").display()),
+        )
+        .env("JWT_PUBLIC_KEY_FILE", &crate::helpers::keys().public_file)
+        .env("USER_API_ADDR", format!("127.0.0.1:{port}"))
+        .env("PREWARM", "0")
+        .env("USER_API__DATABASE__MAX_CONNECTIONS", "2")
+        .env("USER_API__SERVER__HEADER_READ_TIMEOUT_MS", "1000")
+        .env("USER_API__SERVER__MAX_CONNECTIONS_PER_ADDRESS", "0")
+        .env("USER_API__SERVER__LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start user-api under ulimit -n 64");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let health = || async move {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        read_response(&mut s, Duration::from_secs(2))
+            .await
+            .map(|r| r.status)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while health().await != Some(200) {
+        assert!(Instant::now() < deadline, "the service did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let start = logs();
+    assert!(
+        start.contains("file-descriptor limit is below")
+            && start.contains("\"limit\":64")
+            && start.contains("\"serving_at_most\":"),
+        "no warning about the descriptor limit at start:\n{start}"
+    );
+    // A crowd of 150 connections, each holding half a head until the header timeout.
+    let mut crowd = Vec::new();
+    for _ in 0..150 {
+        if let Ok(mut s) = TcpStream::connect(addr).await {
+            let _ = s.write_all(b"GET /health HTTP/1.1\r\n").await;
+            crowd.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = logs();
+    let accept_lines = during.matches("accept failed").count();
+    assert!(
+        accept_lines <= 1,
+        "{accept_lines} accept-failure lines in 3 s:\n{during}"
+    );
+    drop(crowd);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health().await != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "not serving after the crowd left:\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
