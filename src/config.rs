@@ -490,17 +490,17 @@ pub const ENV_VARS: &[EnvVar] = &[
 pub const KEY_PREFIX: &str = "USER_API__";
 
 /// The one rule for a variable that is set: a blank value is an error naming it, unless
-/// `empty_means` documents what blank means (then `Some("")`, for its kind to read).
+/// `empty_means` documents what blank means (then `""`, for its kind to read).
 fn set_value<'v>(
     name: &str,
     value: &'v str,
     empty_means: Option<&str>,
-) -> Result<Option<&'v str>, ConfigError> {
+) -> Result<&'v str, ConfigError> {
     if !value.trim().is_empty() {
-        return Ok(Some(value));
+        return Ok(value);
     }
     match empty_means {
-        Some(_) => Ok(Some("")),
+        Some(_) => Ok(""),
         None => Err(ConfigError::variable(
             name,
             "is set but empty; unset it for the default, or give it a value",
@@ -602,9 +602,7 @@ impl Config {
                     "does not name a configuration key",
                 ));
             };
-            let Some(value) = set_value(name, value, None)? else {
-                continue;
-            };
+            let value = set_value(name, value, None)?;
             fig = match defaults.find_value(&key) {
                 // A boolean key takes the same strict words as every flag.
                 Ok(figment::value::Value::Bool(..)) => fig.merge((key, parse_bool(name, value)?)),
@@ -618,9 +616,7 @@ impl Config {
             let Some(raw) = vars.get(var.name) else {
                 continue;
             };
-            let Some(value) = set_value(var.name, raw, var.when_empty)? else {
-                continue;
-            };
+            let value = set_value(var.name, raw, var.when_empty)?;
             fig = match var.kind {
                 EnvKind::Text => fig.merge((var.key, value)),
                 EnvKind::Flag => fig.merge((var.key, parse_bool(var.name, value)?)),

@@ -30,7 +30,12 @@
 //! response, so the client knows not to reuse the connection.
 //!
 //! Graceful shutdown: cancelling the token stops the accept loop and asks every
-//! connection to close after its in-flight request; [`serve`] returns once all have.
+//! connection to close after its in-flight request; [`serve`] returns once all have, or at
+//! once when its `abort` token is cancelled (the caller's bound on the grace period), which
+//! drops every connection with what its request held.
+//!
+//! Descriptors: [`fit_descriptor_limit`] raises the soft `RLIMIT_NOFILE` at start and fits
+//! the connection cap to it; a failing accept backs off ([`AcceptFailures`]).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
