@@ -452,15 +452,15 @@ async fn sigterm_after_a_login_storm_on_a_4_connection_pool_ends_within_its_boun
         w.unwrap();
     }
 
-    let (code, took) = bin
-        .terminate(grace + BOUNDS_PAST_GRACE + Duration::from_secs(5))
-        .await;
+    let within = grace + BOUNDS_PAST_GRACE;
+    let (code, took) = bin.terminate(within + Duration::from_secs(5)).await;
     let logs = bin.logs();
-    assert_eq!(code, Some(0), "a clean exit; log:\n{logs}");
     assert!(
-        took < grace,
-        "nothing was in flight, so no bound should have been needed: {took:?}"
+        took <= within,
+        "took {took:?}, bound {within:?}; log:\n{logs}"
     );
+    // 0: every step finished within its bound, none was cut short.
+    assert_eq!(code, Some(0), "a clean exit; log:\n{logs}");
     assert!(!logs.contains("left unfinished"), "{logs}");
     let mut db = sqlx::PgConnection::connect(&db_url).await.unwrap();
     let recorded: i64 =
