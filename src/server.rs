@@ -18,7 +18,8 @@
 //!   proxies (`rate_limits.trusted_proxies`, or every peer under `trust_forwarded_for`)
 //!   are exempt, since one proxy carries many clients.
 //! - **Head size**: a request line and headers of more than 64 KiB (`MAX_HEAD_BYTES`, to
-//!   the byte) are refused with 431 rather than buffered.
+//!   the byte) are refused with 431 and a JSON `detail` rather than buffered, and the
+//!   connection is closed.
 //!
 //! Early answers and unread bodies: when the application answers without reading the whole
 //! request body (a 401, 403, 413, 415 or 429 decided on the head alone), hyper would close
@@ -341,8 +342,10 @@ pub async fn serve(
         // the end of the previous response, so it cannot tell an idle connection from a
         // slow head); hyper's stays off.
         .header_read_timeout(None)
-        // The head limit itself: hyper's read buffer alone overshoots (a read may land
-        // past `max_buf_size` before the check), which let an 80 KiB header through.
+        // The head limit is ours (`HeadScan`, which answers 431 in JSON); hyper's, exact
+        // too, covers a head it parses from bytes read with the previous request. Its read
+        // buffer cap alone overshoots (a read may land past it before the check), which
+        // once let an 80 KiB header through.
         .max_header_size(MAX_HEAD_BYTES)
         .max_buf_size(MAX_HEAD_BYTES)
         .keep_alive(true);
@@ -510,6 +513,8 @@ async fn serve_connection(
     let io = TokioIo::new(Watched {
         inner: stream,
         state: state.clone(),
+        head: HeadScan::default(),
+        refusal: None,
     });
     let drain_within = limits.header_read_timeout;
     let svc_state = state.clone();
@@ -704,6 +709,99 @@ impl HttpBody for BusyBody {
 struct Watched {
     inner: TcpStream,
     state: Arc<ConnState>,
+    /// The request head being read, measured.
+    head: HeadScan,
+    /// Set once the head passed [`MAX_HEAD_BYTES`]: our 431 is being sent.
+    refusal: Option<Refusal>,
+}
+
+/// Measures a request head as its bytes arrive: its end is the first empty line after some
+/// content (leading empty lines are skipped, as the parser skips them).
+#[derive(Debug, Default)]
+struct HeadScan {
+    len: usize,
+    content: bool,
+    last: [u8; 2],
+    done: bool,
+}
+
+impl HeadScan {
+    /// Feeds bytes read; false once the head is over [`MAX_HEAD_BYTES`] and not complete.
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        for &b in bytes {
+            if self.done {
+                return true;
+            }
+            self.len += 1;
+            if b == b'\n' && self.content && (self.last[1] == b'\n' || self.last == *b"\n\r") {
+                self.done = true;
+            } else if b != b'\r' && b != b'\n' {
+                self.content = true;
+            }
+            self.last = [self.last[1], b];
+            if !self.done && self.len >= MAX_HEAD_BYTES {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// The 431 for a head over the limit, its bytes written so far, then what the client
+/// still sends, read and discarded so that closing does not reset the connection (which
+/// could lose the answer).
+#[derive(Debug, Default)]
+struct Refusal {
+    written: usize,
+    shut: bool,
+    drained: usize,
+}
+
+/// The body of the 431.
+const HEAD_TOO_LARGE: &str = r#"{"detail":"Request header fields too large: the request line and headers may take at most 64 KiB."}"#;
+
+/// Most bytes read and discarded after the 431 before the connection is simply closed.
+const REFUSAL_DRAIN_MAX: usize = 1 << 20;
+
+impl Watched {
+    /// Sends the 431, half-closes, and drains; then tells hyper the stream ended (it
+    /// closes the connection without an answer of its own, its head being incomplete).
+    fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let answer = format!(
+            "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n\
+             connection: close\r\ncontent-length: {}\r\n\r\n{HEAD_TOO_LARGE}",
+            HEAD_TOO_LARGE.len()
+        );
+        let refusal = self.refusal.get_or_insert_with(Refusal::default);
+        while refusal.written < answer.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &answer.as_bytes()[refusal.written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(n)) => refusal.written += n,
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if !refusal.shut {
+            match Pin::new(&mut self.inner).poll_shutdown(cx) {
+                Poll::Ready(_) => refusal.shut = true,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let mut sink = [0u8; 8192];
+        while refusal.drained < REFUSAL_DRAIN_MAX {
+            let mut scratch = ReadBuf::new(&mut sink);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut scratch) {
+                Poll::Ready(Ok(())) if !scratch.filled().is_empty() => {
+                    refusal.drained += scratch.filled().len();
+                }
+                // The client closed (or failed): end of stream for hyper.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                // Bounded in time by the watchdog's header timeout, which is still running.
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl AsyncRead for Watched {
@@ -712,10 +810,28 @@ impl AsyncRead for Watched {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.refusal.is_some() {
+            return self.poll_refusal(cx);
+        }
         let before = buf.filled().len();
+        let phase_before = self.state.phase.load(Ordering::Acquire);
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             self.state.on_bytes();
+            // Bytes on an idle connection begin a new head; bytes while a request is in
+            // flight are its body (hyper's own limit covers a pipelined head).
+            match phase_before {
+                IDLE => self.head = HeadScan::default(),
+                BUSY => return res,
+                _ => {}
+            }
+            if !self.head.feed(&buf.filled()[before..]) {
+                // Hyper never sees these bytes: our answer says what the limit is, in
+                // JSON, where hyper's own 431 has no body.
+                buf.set_filled(before);
+                metrics::counter!("http_heads_too_large_total").increment(1);
+                return self.poll_refusal(cx);
+            }
         }
         res
     }
@@ -780,6 +896,32 @@ mod tests {
         let rest = f.succeeded(now).expect("the unlogged failures");
         assert_eq!(logged.iter().sum::<u64>() + rest, failures);
         assert_eq!(f.failed(now).0, AcceptFailures::FIRST_DELAY);
+    }
+
+    #[test]
+    fn a_head_is_measured_to_its_first_empty_line() {
+        let head = |text: &[u8]| {
+            let mut scan = HeadScan::default();
+            // Fed in pieces of 3 bytes, as reads may split it anywhere.
+            let fits = text.chunks(3).all(|c| scan.feed(c));
+            (fits, scan.done, scan.len)
+        };
+        assert_eq!(
+            head(b"GET / HTTP/1.1\r\nA: b\r\n\r\nbody"),
+            (true, true, 24)
+        );
+        assert_eq!(head(b"GET / HTTP/1.1\nA: b\n\n"), (true, true, 21));
+        // Leading empty lines are not the end of a head.
+        assert!(head(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n").1);
+        assert!(!head(b"\r\n\r\nGET / HTTP/1.1\r\n").1);
+        let mut exact = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        exact.resize(MAX_HEAD_BYTES - 4, b'a');
+        exact.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(head(&exact), (true, true, MAX_HEAD_BYTES));
+        let mut over = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        over.resize(MAX_HEAD_BYTES - 3, b'a');
+        over.extend_from_slice(b"\r\n\r\n");
+        assert!(!head(&over).0);
     }
 
     #[test]

@@ -279,6 +279,10 @@ async fn a_head_over_64_kib_is_431_to_the_byte() {
             .await
             .unwrap_or_else(|| panic!("no answer to a {size}-byte head"));
         assert_eq!(r.status, status, "a head of {size} bytes");
+        if status == 431 {
+            assert_too_large(&r);
+            assert!(closed_within(&mut s, Duration::from_secs(2)).await);
+        }
     }
     // Many headers adding up past the limit are one head too.
     let mut head = b"GET /health HTTP/1.1\r\nHost: t\r\n".to_vec();
@@ -289,7 +293,27 @@ async fn a_head_over_64_kib_is_431_to_the_byte() {
     let mut s = connect(&app).await;
     s.write_all(&head).await.unwrap();
     let r = read_response(&mut s, Duration::from_secs(3)).await.unwrap();
+    assert_too_large(&r);
+    // A head sent a byte at a time past the limit: the same answer.
+    let mut s = connect(&app).await;
+    let head = head_of_size(64 * 1024 + 10);
+    let (first, rest) = head.split_at(64 * 1024 - 2);
+    s.write_all(first).await.unwrap();
+    for b in rest.iter().take(6) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        s.write_all(&[*b]).await.unwrap();
+    }
+    let r = read_response(&mut s, Duration::from_secs(3)).await.unwrap();
+    assert_too_large(&r);
+}
+
+/// A 431 that says why, in JSON, and closes.
+fn assert_too_large(r: &Resp) {
     assert_eq!(r.status, 431);
+    assert!(r.closes(), "{}", r.head);
+    let body: serde_json::Value = serde_json::from_slice(&r.body).expect("a JSON body");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("64 KiB"), "{body}");
 }
 
 /// A connection from the local address `from` (any of 127.0.0.0/8).
