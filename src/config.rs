@@ -2,12 +2,13 @@
 //! `USER_API__<TABLE>__<KEY>` variables, then the documented plain variables
 //! (`DATABASE_URL`, `REDIS_URL`, …). Validated once, at load, naming the bad key.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::ratelimit::address::Cidr;
@@ -21,6 +22,18 @@ pub enum ConfigError {
     /// A key parsed but its value is not acceptable.
     #[error("invalid configuration: `{key}` {reason}")]
     Invalid { key: &'static str, reason: String },
+    /// An environment variable is set to something unusable (named, value not shown).
+    #[error("invalid configuration: `{name}` {reason}")]
+    Variable { name: String, reason: String },
+}
+
+impl ConfigError {
+    fn variable(name: &str, reason: &str) -> Self {
+        Self::Variable {
+            name: name.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
 }
 
 /// Everything the service reads at start-up. Its `Debug` form hides the passwords in
@@ -230,6 +243,9 @@ pub struct ServerConfig {
     pub keep_alive_timeout_ms: u64,
     /// Most connections open at once; at the cap, new ones wait in the backlog.
     pub max_connections: usize,
+    /// Most connections one client address (an IPv6 /64) may hold at once; past it a new
+    /// one is answered 429 and closed. Trusted proxies are exempt. 0: no such cap.
+    pub max_connections_per_address: usize,
     /// Longest time a request may take once its head is in.
     pub request_timeout_ms: u64,
     /// `json` for machines, `pretty` for people, `auto` (the default): `pretty` when
@@ -414,6 +430,7 @@ impl Default for ServerConfig {
             header_read_timeout_ms: 10_000,
             keep_alive_timeout_ms: 30_000,
             max_connections: 10_000,
+            max_connections_per_address: 256,
             request_timeout_ms: 15_000,
             log_format: "auto".into(),
             shutdown_grace_secs: 10,
@@ -423,42 +440,196 @@ impl Default for ServerConfig {
     }
 }
 
-/// The key-source variables: set but empty is an error, never dev mode.
-const KEY_SOURCES: &[&str] = &["JWT_PUBLIC_KEY_FILE", "JWKS_URL"];
-
-/// `0`, `false`, `off`, `no` (any case) are false; anything else is true.
-fn parse_flag(v: &str) -> bool {
-    !matches!(
-        v.trim().to_ascii_lowercase().as_str(),
-        "0" | "false" | "off" | "no"
-    )
+/// How a plain variable's value becomes configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvKind {
+    /// The value as it is, for the key's own type to parse (a URL, an address, a name).
+    Text,
+    /// A boolean: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off` (any case), nothing else.
+    Flag,
+    /// Comma-separated; blank items are skipped.
+    List,
+    /// Read by its own code (the config file's name, the log filter): only the rule for
+    /// set-but-empty values applies here.
+    Own,
 }
 
-/// Plain environment variables of SPEC section 1 and the config key each sets.
-const PLAIN_ENV: &[(&str, &str)] = &[
-    ("USER_API_ADDR", "addr"),
-    ("DATABASE_URL", "database_url"),
-    ("REDIS_URL", "redis_url"),
-    ("JWT_PUBLIC_KEY_FILE", "jwt.public_key_file"),
-    ("JWKS_URL", "jwt.jwks_url"),
-    ("JWT_ISS", "jwt.iss"),
-    ("JWT_AUD", "jwt.aud"),
-    ("RATE_LIMIT_FAIL", "rate_limits.fail"),
+/// One documented plain environment variable (README, "Configuration").
+#[derive(Debug, Clone, Copy)]
+pub struct EnvVar {
+    /// The variable, e.g. `JWT_ISS`.
+    pub name: &'static str,
+    /// The configuration key it sets (`jwt.iss`); empty for [`EnvKind::Own`].
+    pub key: &'static str,
+    /// How its value is read.
+    pub kind: EnvKind,
+    /// What a set-but-blank value means, when the README documents it; `None` (nearly
+    /// every variable): set but blank is an error that names the variable.
+    pub when_empty: Option<&'static str>,
+}
+
+impl EnvVar {
+    const fn new(name: &'static str, key: &'static str, kind: EnvKind) -> Self {
+        Self {
+            name,
+            key,
+            kind,
+            when_empty: None,
+        }
+    }
+
+    /// A variable whose value the key's type parses.
+    pub const fn text(name: &'static str, key: &'static str) -> Self {
+        Self::new(name, key, EnvKind::Text)
+    }
+
+    /// A boolean variable.
+    pub const fn flag(name: &'static str, key: &'static str) -> Self {
+        Self::new(name, key, EnvKind::Flag)
+    }
+
+    /// A comma-separated list.
+    pub const fn list(name: &'static str, key: &'static str) -> Self {
+        Self::new(name, key, EnvKind::List)
+    }
+
+    /// A variable read by its own code, checked here only for emptiness.
+    pub const fn own(name: &'static str) -> Self {
+        Self::new(name, "", EnvKind::Own)
+    }
+
+    /// Documents what a set-but-blank value means (the README must say the same).
+    pub const fn empty_means(mut self, meaning: &'static str) -> Self {
+        self.when_empty = Some(meaning);
+        self
+    }
+}
+
+/// Every documented plain variable, in the order they are applied (later wins). Adding
+/// one is one line here plus its row in the README's table (`tests/it/settings.rs` checks
+/// that the two agree and that set-but-blank fails naming it).
+pub const ENV_VARS: &[EnvVar] = &[
+    EnvVar::own("USER_API_CONFIG"),
+    EnvVar::text("USER_API_ADDR", "addr"),
+    EnvVar::flag("USER_API_DEV_MODE", "dev_mode"),
+    EnvVar::text("DATABASE_URL", "database_url"),
+    EnvVar::text("REDIS_URL", "redis_url"),
+    EnvVar::list("REDIS_CLUSTER_URLS", "redis_cluster_urls"),
+    EnvVar::text("JWT_PUBLIC_KEY_FILE", "jwt.public_key_file"),
+    EnvVar::text("JWKS_URL", "jwt.jwks_url"),
+    EnvVar::text("JWT_ISS", "jwt.iss"),
+    EnvVar::text("JWT_AUD", "jwt.aud"),
+    EnvVar::flag("PREWARM", "prewarm.enabled"),
+    EnvVar::text("RATE_LIMIT_FAIL", "rate_limits.fail"),
+    EnvVar::list("TRUSTED_PROXIES", "rate_limits.trusted_proxies")
+        .empty_means("no proxy is trusted"),
+    EnvVar::own("RUST_LOG"),
+    // The stack's names (SPEC 7), read by `StackEnv`.
+    EnvVar::own("PORT"),
+    EnvVar::own("HOST"),
+    EnvVar::own("PROFILE_CACHE_TTL_SEC"),
+    EnvVar::own("LOG_LEVEL"),
+    EnvVar::own("CORS_ORIGINS"),
 ];
+
+/// Prefix of the `USER_API__<TABLE>__<KEY>` variables, one per configuration key.
+pub const KEY_PREFIX: &str = "USER_API__";
+
+/// The one rule for a variable that is set: a blank value is an error naming it, unless
+/// `empty_means` documents what blank means (then `""`, for its kind to read).
+fn set_value<'v>(
+    name: &str,
+    value: &'v str,
+    empty_means: Option<&str>,
+) -> Result<&'v str, ConfigError> {
+    if !value.trim().is_empty() {
+        return Ok(value);
+    }
+    match empty_means {
+        Some(_) => Ok(""),
+        None => Err(ConfigError::variable(
+            name,
+            "is set but empty; unset it for the default, or give it a value",
+        )),
+    }
+}
+
+/// The strict boolean every flag accepts: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`
+/// (any case, surrounding blanks ignored); anything else is an error naming `name`.
+pub fn parse_bool(name: &str, value: &str) -> Result<bool, ConfigError> {
+    const TRUE: [&str; 4] = ["true", "1", "yes", "on"];
+    const FALSE: [&str; 4] = ["false", "0", "no", "off"];
+    let v = value.trim();
+    if TRUE.iter().any(|t| t.eq_ignore_ascii_case(v)) {
+        Ok(true)
+    } else if FALSE.iter().any(|f| f.eq_ignore_ascii_case(v)) {
+        Ok(false)
+    } else {
+        Err(ConfigError::variable(
+            name,
+            "must be one of true/false, 1/0, yes/no, on/off",
+        ))
+    }
+}
+
+fn split_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// The configuration key of a `USER_API__<TABLE>__<KEY>` variable (`server.max_connections`).
+fn prefixed_key(name: &str) -> Option<String> {
+    let rest = name.strip_prefix(KEY_PREFIX)?;
+    let parts: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+    (!parts.iter().any(String::is_empty)).then(|| parts.join("."))
+}
 
 impl Config {
     /// Loads from the process environment (and the file it names), then validates.
     pub fn load() -> Result<Self, ConfigError> {
-        Self::load_from(|k| std::env::var(k).ok())
+        let mut vars = Vec::new();
+        for (k, v) in std::env::vars_os() {
+            let Some(k) = k.to_str() else { continue };
+            let ours = k.starts_with(KEY_PREFIX) || ENV_VARS.iter().any(|e| e.name == k);
+            if !ours {
+                continue;
+            }
+            match v.into_string() {
+                Ok(v) => vars.push((k.to_owned(), v)),
+                Err(_) => return Err(ConfigError::variable(k, "is not valid UTF-8")),
+            }
+        }
+        Self::load_from_vars(vars)
     }
 
     /// Loads with `env` standing in for the process environment (testable).
     pub fn load_from(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let stack = StackEnv::read(&env)?;
+        Self::load_from_vars(
+            ENV_VARS
+                .iter()
+                .filter_map(|e| env(e.name).map(|v| (e.name.to_owned(), v))),
+        )
+    }
+
+    /// Loads from these variables alone (name, value), as if they were the environment.
+    pub fn load_from_vars<K, V>(vars: impl IntoIterator<Item = (K, V)>) -> Result<Self, ConfigError>
+    where
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let vars: BTreeMap<String, String> = vars
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        let defaults = Figment::from(Serialized::defaults(Config::default()));
+        let stack = StackEnv::read(&|name: &str| vars.get(name).cloned())?;
         // What the operator set, without the defaults (to tell a chosen address from the default).
         let mut fig = Figment::new();
-        if let Some(path) = env("USER_API_CONFIG").filter(|p| !p.is_empty()) {
-            if !std::path::Path::new(&path).is_file() {
+        if let Some(path) = vars.get("USER_API_CONFIG") {
+            set_value("USER_API_CONFIG", path, None)?;
+            if !std::path::Path::new(path).is_file() {
                 return Err(ConfigError::Invalid {
                     key: "USER_API_CONFIG",
                     reason: format!("names `{path}`, which is not a readable file"),
@@ -466,49 +637,44 @@ impl Config {
             }
             fig = fig.merge(Toml::file_exact(path));
         }
-        // Only real process variables carry the prefixed form; tests pass plain keys.
-        fig = fig.merge(Env::prefixed("USER_API__").split("__"));
-        for (var, key) in PLAIN_ENV {
-            match env(var) {
-                // An empty key source would silently mean dev mode: refuse it.
-                Some(v) if v.trim().is_empty() && KEY_SOURCES.contains(var) => {
-                    return Err(ConfigError::Invalid {
-                        key: var,
-                        reason: "is set but empty; unset it (dev mode) or name the key source"
-                            .into(),
-                    });
-                }
-                Some(v) if !v.is_empty() => fig = fig.merge((*key, v)),
-                _ => {}
+        // `USER_API__<TABLE>__<KEY>`: every key, its value read as figment's `Env` reads it
+        // (numbers, booleans, arrays); blank is an error like any other variable.
+        for (name, value) in vars.range(KEY_PREFIX.to_owned()..) {
+            if !name.starts_with(KEY_PREFIX) {
+                break;
             }
+            let Some(key) = prefixed_key(name) else {
+                return Err(ConfigError::variable(
+                    name,
+                    "does not name a configuration key",
+                ));
+            };
+            let value = set_value(name, value, None)?;
+            fig = match defaults.find_value(&key) {
+                // A boolean key takes the same strict words as every flag.
+                Ok(figment::value::Value::Bool(..)) => fig.merge((key, parse_bool(name, value)?)),
+                _ => fig.merge((
+                    key,
+                    value.parse::<figment::value::Value>().expect("infallible"),
+                )),
+            };
         }
-        if let Some(v) = env("USER_API_DEV_MODE") {
-            fig = fig.merge(("dev_mode", parse_flag(&v)));
-        }
-        if let Some(v) = env("REDIS_CLUSTER_URLS").filter(|v| !v.trim().is_empty()) {
-            let urls: Vec<String> = v
-                .split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect();
-            fig = fig.merge(("redis_cluster_urls", urls));
-        }
-        if let Some(v) = env("TRUSTED_PROXIES") {
-            let list: Vec<String> = v
-                .split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect();
-            fig = fig.merge(("rate_limits.trusted_proxies", list));
-        }
-        if let Some(v) = env("PREWARM") {
-            fig = fig.merge(("prewarm.enabled", parse_flag(&v)));
+        for var in ENV_VARS {
+            let Some(raw) = vars.get(var.name) else {
+                continue;
+            };
+            let value = set_value(var.name, raw, var.when_empty)?;
+            fig = match var.kind {
+                EnvKind::Text => fig.merge((var.key, value)),
+                EnvKind::Flag => fig.merge((var.key, parse_bool(var.name, value)?)),
+                EnvKind::List => fig.merge((var.key, split_list(value))),
+                EnvKind::Own => fig,
+            };
         }
         let addr_chosen = fig.find_value("addr").is_ok();
-        let mut config: Config = Figment::from(Serialized::defaults(Config::default()))
-            .merge(fig)
-            .extract()
-            .map_err(Box::new)?;
+        // Lossy: booleans from exactly true/false/1/0/yes/no/on/off (any case) and numbers
+        // from digits, whichever source they came from; anything else fails naming the key.
+        let mut config: Config = defaults.merge(fig).extract_lossy().map_err(Box::new)?;
         let host_chosen = stack.apply(&mut config, addr_chosen);
         if !host_chosen && config.jwt_dev_mode() {
             // Dev mode listens on loopback unless told otherwise (SPEC 1).
@@ -538,6 +704,8 @@ impl Config {
         let key_file_named =
             (self.jwt.public_key_file.as_ref()).is_none_or(|p| !p.as_os_str().is_empty());
         let jwks_named = (self.jwt.jwks_url.as_ref()).is_none_or(|u| !u.trim().is_empty());
+        // A blank issuer or audience must never mean "not checked" (issue 17).
+        let named = |v: &Option<String>| v.as_ref().is_none_or(|v| !v.trim().is_empty());
         let srv = &self.server;
         let log_format = matches!(self.server.log_format.as_str(), "auto" | "json" | "pretty");
         let log_level = (srv.log_level.as_deref()).is_none_or(|l| log_directive(l).is_some());
@@ -550,6 +718,8 @@ impl Config {
             ("redis_url",                   redis_schemes,                               "must start with redis:// or rediss://"),
             ("jwt.public_key_file",         key_file_named,                              "is empty; unset it or name a PEM file"),
             ("jwt.jwks_url",                jwks_named,                                  "is empty; unset it or name the JWKS URL"),
+            ("jwt.iss",                     named(&self.jwt.iss),                        "is empty; remove it to accept any issuer, or name the issuer"),
+            ("jwt.aud",                     named(&self.jwt.aud),                        "is empty; remove it to accept any audience, or name this service's audience"),
             ("jwt.public_key_file",         one_key_source,                              "and jwt.jwks_url are both set; set only one key source"),
             ("jwt.jwks_url",                jwks_http,                                   "must be an http(s) URL"),
             ("database.max_connections",    db.max_connections > 0,                      AT_LEAST_1),

@@ -34,8 +34,21 @@ use crate::db::PoolOptions;
 use crate::service::{EventsOut, LoginRecorder, ProfileService};
 use crate::state::AppState;
 
-/// Longest wait for the background tasks' last writes at shutdown.
-const BACKGROUND_GRACE: Duration = Duration::from_secs(10);
+/// Longest wait, once serving has ended, for the background tasks' last writes.
+pub const BACKGROUND_GRACE: Duration = Duration::from_secs(5);
+/// Longest wait for connections still busy after `server.shutdown_grace_secs` to close.
+pub const ABORT_GRACE: Duration = Duration::from_secs(1);
+/// Longest wait for the database pool to take its connections back and close them.
+pub const POOL_CLOSE_GRACE: Duration = Duration::from_secs(3);
+
+/// How a shutdown ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every step finished within its bound: nothing was lost.
+    Clean,
+    /// A step passed its bound; what it still held was logged and left behind.
+    Forced,
+}
 
 /// A built, bound, not yet serving instance.
 pub struct App {
@@ -47,7 +60,7 @@ pub struct App {
     /// last requests counted and recorded is still written.
     background_stop: CancellationToken,
     /// Background tasks (flushers, drainer, login writer), joined at shutdown.
-    background: Vec<tokio::task::JoinHandle<()>>,
+    background: Vec<service::Named>,
 }
 
 /// Why the service could not start.
@@ -154,7 +167,7 @@ impl App {
         }
         let mut background =
             service::spawn_background(&state.profiles, state.redis.as_ref(), &background_stop);
-        background.push(login_writer);
+        background.push(("login writer", login_writer));
         Ok(Self {
             router: api::router(state.clone()),
             listener,
@@ -187,40 +200,112 @@ impl App {
         self.shutdown.clone()
     }
 
-    /// Serves until the shutdown token is cancelled. Then: no new connections; in-flight
-    /// requests finish (under the `[server]` connection limits, see [`server`]) for at most
-    /// `server.shutdown_grace_secs`; the background tasks write what they hold (hit/miss
-    /// counts, login records, a last outbox drain) and end; the pools close.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+    /// Serves until the shutdown token is cancelled. Then every step is bounded, so the
+    /// process always ends on its own (an orchestrator's SIGKILL is never the way out):
+    ///
+    /// 1. no new connections; requests in flight finish (under the `[server]` connection
+    ///    limits, see [`server`]) for at most `server.shutdown_grace_secs`, after which
+    ///    their connections are closed (at most [`ABORT_GRACE`] more);
+    /// 2. the background tasks write what they hold (hit/miss counts, login records, a
+    ///    last outbox drain) and end, for at most [`BACKGROUND_GRACE`]; the rest are stopped;
+    /// 3. the pool closes, for at most [`POOL_CLOSE_GRACE`].
+    ///
+    /// A step past its bound logs what is still held and the next step goes on; the
+    /// answer says whether any did.
+    pub async fn run_until_stopped(self) -> std::io::Result<Stopped> {
         let config = &self.state.config;
-        let limits = server::ConnLimits::from_config(&config.server);
+        let mut limits = server::ConnLimits::from_config(&config.server);
+        // SQLite holds the database, its WAL and its shared memory per connection.
+        let per_db_connection = if config.database_url.starts_with("sqlite") {
+            3
+        } else {
+            1
+        };
+        let database_fds = u64::from(config.database.max_connections) * per_db_connection;
+        limits.max_connections =
+            server::fit_descriptor_limit(limits.max_connections, database_fds).max_connections;
         let grace = Duration::from_secs(config.server.shutdown_grace_secs);
         let shutdown = self.shutdown.clone();
-        let serving = server::serve(self.listener, self.router, limits, shutdown.clone());
+        let abort = CancellationToken::new();
+        let serving = server::serve(
+            self.listener,
+            self.router,
+            limits,
+            server::Exempt::from_config(&config.rate_limits),
+            shutdown.clone(),
+            abort.clone(),
+        );
         tokio::pin!(serving);
+        let mut stopped = Stopped::Clean;
         let served = tokio::select! {
             r = &mut serving => r,
             _ = shutdown.cancelled() => {
                 match tokio::time::timeout(grace, &mut serving).await {
                     Ok(r) => r,
                     Err(_) => {
-                        tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish within the grace period");
-                        Ok(())
+                        stopped = Stopped::Forced;
+                        tracing::warn!(
+                            grace_secs = grace.as_secs(),
+                            "requests still in flight after the grace period; closing their connections"
+                        );
+                        abort.cancel();
+                        match tokio::time::timeout(ABORT_GRACE, &mut serving).await {
+                            Ok(r) => r,
+                            Err(_) => {
+                                tracing::warn!("connections still open after being closed; leaving them");
+                                Ok(())
+                            }
+                        }
                     }
                 }
             }
         };
         self.shutdown.cancel();
         self.background_stop.cancel();
-        let joined = futures::future::join_all(self.background);
-        if tokio::time::timeout(BACKGROUND_GRACE, joined)
+        if !join_background(self.background).await {
+            stopped = Stopped::Forced;
+        }
+        let repo = self.state.profiles.repo();
+        if tokio::time::timeout(POOL_CLOSE_GRACE, repo.close())
             .await
             .is_err()
         {
-            tracing::warn!("background tasks did not finish within their grace period");
+            stopped = Stopped::Forced;
+            let pool = repo.pool_stats();
+            tracing::warn!(
+                in_use = pool.size.saturating_sub(pool.idle),
+                open = pool.size,
+                bound_secs = POOL_CLOSE_GRACE.as_secs(),
+                "database connections still in use when the pool had to close; leaving them"
+            );
         }
-        self.state.profiles.repo().close().await;
-        tracing::info!("stopped");
-        served
+        match stopped {
+            Stopped::Clean => tracing::info!("stopped"),
+            Stopped::Forced => {
+                tracing::warn!("stopped, with the work logged above left unfinished")
+            }
+        }
+        served.map(|()| stopped)
     }
+}
+
+/// Waits at most [`BACKGROUND_GRACE`] for the background tasks; stops and names those
+/// still running then. True when all finished.
+async fn join_background(tasks: Vec<service::Named>) -> bool {
+    let deadline = tokio::time::Instant::now() + BACKGROUND_GRACE;
+    let mut unfinished = Vec::new();
+    for (name, mut task) in tasks {
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            task.abort();
+            unfinished.push(name);
+        }
+    }
+    if !unfinished.is_empty() {
+        tracing::warn!(
+            tasks = ?unfinished,
+            bound_secs = BACKGROUND_GRACE.as_secs(),
+            "background tasks still running after their bound; stopped, what they held is lost"
+        );
+    }
+    unfinished.is_empty()
 }

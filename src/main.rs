@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use user_api::auth::{self, Role};
 use user_api::config::Config;
 use user_api::domain::UserId;
-use user_api::{App, db, pool_options, seed, telemetry};
+use user_api::{App, Stopped, db, pool_options, seed, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -84,10 +84,15 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(run(cli.command.unwrap_or(Command::Serve), config));
+    // Tasks still running now (a request past every bound, a blocking call) are not waited
+    // for: dropping the runtime would wait for blocking ones without any bound.
+    runtime.shutdown_timeout(RUNTIME_GRACE);
     // Flushes the log lines still buffered, before anything else reaches stderr.
     drop(log_guard);
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Stopped::Clean) => ExitCode::SUCCESS,
+        // What was left is in the log; a non-zero status says something was.
+        Ok(Stopped::Forced) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("user-api: {e:#}");
             ExitCode::FAILURE
@@ -95,14 +100,17 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+/// Longest wait for the runtime's own tasks once `run` has returned.
+const RUNTIME_GRACE: Duration = Duration::from_secs(1);
+
+async fn run(command: Command, config: Config) -> anyhow::Result<Stopped> {
     match command {
         Command::Serve => serve(config).await,
         Command::Migrate => {
             let repo = db::connect(&config.database_url, &pool_options(&config)).await?;
             repo.migrate().await?;
             println!("migrations applied ({})", repo.backend());
-            Ok(())
+            Ok(Stopped::Clean)
         }
         Command::Token { sub, role, ttl } => {
             if !config.jwt_dev_mode() {
@@ -129,7 +137,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             } else {
                 println!("{token}");
             }
-            Ok(())
+            Ok(Stopped::Clean)
         }
         Command::Seed { count } => {
             let repo = db::connect(&config.database_url, &pool_options(&config)).await?;
@@ -137,12 +145,12 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let started = std::time::Instant::now();
             let n = seed::seed(repo.as_ref(), count).await?;
             println!("inserted {n} profiles in {:.1?}", started.elapsed());
-            Ok(())
+            Ok(Stopped::Clean)
         }
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config) -> anyhow::Result<Stopped> {
     let dev_mode = config.jwt_dev_mode();
     let keys_dir = config.jwt.dev_keys_dir.clone();
     let store = if config.uses_embedded_store() {
@@ -166,8 +174,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         "shutting down: no new connections; finishing in-flight requests, then background work"
     );
     token.cancel();
-    server.await??;
-    Ok(())
+    // Every step of the shutdown is bounded; a second signal ends it at once all the same.
+    tokio::select! {
+        stopped = server => Ok(stopped??),
+        _ = shutdown_signal() => {
+            tracing::warn!("second signal: exiting now, leaving the shutdown unfinished");
+            Ok(Stopped::Forced)
+        }
+    }
 }
 
 /// Where the cache and the rate-limit counters live, for the dev-mode hint.

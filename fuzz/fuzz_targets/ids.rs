@@ -1,6 +1,7 @@
 //! Ids and addresses from the request line and headers: user ids (path segments), e-mail
 //! addresses, trusted-proxy CIDRs and X-Forwarded-For. Nothing may panic; an id has one
-//! spelling; the client address is the peer or one of the listed entries.
+//! spelling; the client address is one of the listed entries or the malformed-forwarding
+//! bucket (never the proxy), whatever bytes the header holds.
 #![no_main]
 
 use std::net::IpAddr;
@@ -9,9 +10,10 @@ use axum::http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use user_api::config::RateLimitConfig;
 use user_api::domain::{Email, UserId};
-use user_api::ratelimit::address::{Cidr, client_ip, limited_unit};
+use user_api::ratelimit::address::{Cidr, MALFORMED_FORWARDING, client_ip, limited_unit};
 
 fuzz_target!(|data: &[u8]| {
+    forwarded_for(data);
     let Ok(s) = std::str::from_utf8(data) else {
         return;
     };
@@ -27,22 +29,29 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(cidr) = s.parse::<Cidr>() {
         assert_eq!(cidr.to_string().parse::<Cidr>().unwrap(), cidr);
     }
-    if let Ok(value) = HeaderValue::from_str(s) {
-        let mut headers = HeaderMap::new();
-        headers.append("x-forwarded-for", value);
-        let peer: IpAddr = "10.0.0.1".parse().unwrap();
-        let config = RateLimitConfig {
-            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
-            ..RateLimitConfig::default()
-        };
-        let ip = client_ip(peer, &headers, &config);
-        let listed = s.split(',').map(str::trim).any(|e| {
-            e.parse::<IpAddr>()
-                .ok()
-                .or_else(|| e.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
-                .is_some_and(|a| a.to_canonical() == ip)
-        });
-        assert!(ip == peer || listed, "{ip} from {s:?}");
-        let _ = limited_unit(ip);
-    }
 });
+
+/// `data` as an `X-Forwarded-For` value (any bytes a header may carry) from a trusted proxy.
+fn forwarded_for(data: &[u8]) {
+    let Ok(value) = HeaderValue::from_bytes(data) else {
+        return;
+    };
+    let mut headers = HeaderMap::new();
+    headers.append("x-forwarded-for", value);
+    let peer: IpAddr = "10.0.0.1".parse().unwrap();
+    let config = RateLimitConfig {
+        trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+        ..RateLimitConfig::default()
+    };
+    let ip = client_ip(peer, &headers, &config);
+    let listed = data.split(|b| *b == b',').any(|e| {
+        let e = String::from_utf8_lossy(e);
+        let e = e.trim();
+        e.parse::<IpAddr>()
+            .ok()
+            .or_else(|| e.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+            .is_some_and(|a| a.to_canonical() == ip)
+    });
+    assert!(listed || ip == MALFORMED_FORWARDING, "{ip} from {data:?}");
+    let _ = limited_unit(ip);
+}

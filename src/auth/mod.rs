@@ -282,13 +282,27 @@ impl Authenticator {
         validation.validate_exp = true;
         validation.validate_nbf = true;
         let mut required = vec!["exp", "sub"];
-        if let Some(iss) = non_empty(&cfg.iss) {
-            validation.set_issuer(&[iss]);
+        // A configured issuer or audience is always checked, even a blank one (which then
+        // matches no token: the configuration refuses blanks, so only a hand-built
+        // `JwtConfig` gets here with one, and it fails closed, never open).
+        if let Some(iss) = &cfg.iss {
+            validation.set_issuer(&[iss.trim()]);
             required.push("iss");
         }
-        match non_empty(&cfg.aud) {
+        if mode != KeyMode::Dev {
+            for (setting, value) in [("JWT_ISS", &cfg.iss), ("JWT_AUD", &cfg.aud)] {
+                if value.is_none() {
+                    tracing::warn!(
+                        setting,
+                        "not set: tokens are accepted whatever their `{}` claim",
+                        &setting[4..].to_ascii_lowercase()
+                    );
+                }
+            }
+        }
+        match &cfg.aud {
             Some(aud) => {
-                validation.set_audience(&[aud]);
+                validation.set_audience(&[aud.trim()]);
                 required.push("aud");
             }
             // Without a configured audience, a token naming one is still ours to accept
@@ -429,10 +443,6 @@ pub(crate) fn ensure_jwt_crypto() {
             &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,
         );
     });
-}
-
-fn non_empty(v: &Option<String>) -> Option<&str> {
-    v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
 #[cfg(test)]

@@ -12,6 +12,11 @@
 //! - `rate_limits.trust_forwarded_for = true`: every peer counts as a proxy (for a proxy
 //!   whose address you cannot list). With no `trusted_proxies` this takes the right-most
 //!   entry — the address the one proxy in front of the service saw — and never the first.
+//!
+//! Entries that are not addresses (garbage, a stray non-ASCII byte) are skipped, never the
+//! whole header. A forwarded request with no valid client entry at all is counted in one
+//! bucket of its own, [`MALFORMED_FORWARDING`], never against the proxy's address (which
+//! would let a few such clients get every client of that proxy refused).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -107,36 +112,54 @@ pub fn client_address(req: &Request, config: &RateLimitConfig) -> Option<IpAddr>
     Some(limited_unit(client_ip(peer, req.headers(), config)))
 }
 
+/// The bucket of requests from a trusted proxy whose `X-Forwarded-For` names no usable
+/// client: `100::`, the discard-only prefix (RFC 6666), which no client can have. Such
+/// requests share one limit among themselves and never spend the proxy's own.
+pub const MALFORMED_FORWARDING: IpAddr = IpAddr::V6(Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0));
+
 /// [`client_address`] before it is reduced to its [`limited_unit`].
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, config: &RateLimitConfig) -> IpAddr {
     let trusted = |ip: IpAddr| config.trusted_proxies.iter().any(|c| c.contains(ip));
     if !(config.trust_forwarded_for || trusted(peer)) {
         return peer.to_canonical();
     }
-    // Every X-Forwarded-For field, in order, is one list.
-    let entries: Vec<&str> = headers
-        .get_all("x-forwarded-for")
+    let fields = headers.get_all("x-forwarded-for");
+    if fields.iter().next().is_none() {
+        // The proxy's own request (a health check): nothing was forwarded.
+        return peer.to_canonical();
+    }
+    // Every field, in order, is one list. Entries are split as bytes: one byte that is not
+    // ASCII spoils its own entry, never the rest of the header.
+    let entries: Vec<Option<IpAddr>> = fields
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(parse_entry)
         .collect();
-    // Walk from the nearest hop outwards; the first that is not a trusted proxy is the client.
-    let mut nearest = peer.to_canonical();
+    // Walk from the nearest hop outwards: the first valid entry that is not a trusted
+    // proxy is the client. Entries that do not parse are skipped: what a trusted proxy
+    // appended is to the right of them, and whatever is left of it the client wrote.
+    let mut farthest_proxy = None;
     for entry in entries.iter().rev() {
-        match parse_entry(entry) {
-            Some(ip) if trusted(ip) => nearest = ip,
+        match *entry {
+            Some(ip) if trusted(ip) => farthest_proxy = Some(ip),
             Some(ip) => return ip,
-            // Garbage where an address should be: nothing to the left of it can be trusted,
-            // so the request counts as coming from the last hop that was understood.
-            None => return nearest,
+            None => {}
         }
     }
-    nearest
+    match farthest_proxy {
+        // Only proxies: the request began inside the proxy tier.
+        Some(ip) if entries.iter().all(Option::is_some) => ip,
+        _ => {
+            metrics::counter!("ratelimit_malformed_forwarding_total").increment(1);
+            MALFORMED_FORWARDING
+        }
+    }
 }
 
-/// An `X-Forwarded-For` entry: an address, `addr:port`, or `[v6]:port`.
-fn parse_entry(entry: &str) -> Option<IpAddr> {
+/// An `X-Forwarded-For` entry: an address, `addr:port`, or `[v6]:port`, blanks around it
+/// ignored; `None` for anything else (including bytes that are not UTF-8).
+fn parse_entry(raw: &[u8]) -> Option<IpAddr> {
+    let entry = std::str::from_utf8(raw).ok()?.trim();
     entry
         .parse::<IpAddr>()
         .ok()
@@ -160,6 +183,7 @@ pub fn limited_unit(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::HeaderValue;
 
     fn config(trust_all: bool, proxies: &[&str]) -> RateLimitConfig {
         RateLimitConfig {
@@ -237,14 +261,45 @@ mod tests {
         // Ports and brackets are tolerated.
         let h = xff(&["[2001:db8::7]:5555"]);
         assert_eq!(client_ip(ip("10.0.0.5"), &h, &c), ip("2001:db8::7"));
-        // Garbage right of the client: the last understood hop.
+        // Garbage between the client and a proxy is skipped.
         let h = xff(&["203.0.113.9, bogus, 10.1.1.1"]);
-        assert_eq!(client_ip(ip("10.0.0.5"), &h, &c), ip("10.1.1.1"));
+        assert_eq!(client_ip(ip("10.0.0.5"), &h, &c), ip("203.0.113.9"));
+        // Only proxies: the farthest of them.
+        let h = xff(&["10.2.2.2, 10.1.1.1"]);
+        assert_eq!(client_ip(ip("10.0.0.5"), &h, &c), ip("10.2.2.2"));
         // No header: the proxy itself.
         assert_eq!(
             client_ip(ip("10.0.0.5"), &HeaderMap::new(), &c),
             ip("10.0.0.5")
         );
+    }
+
+    #[test]
+    fn a_stray_byte_spoils_only_its_own_entry() {
+        let c = config(false, &["10.0.0.0/8"]);
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"\xff, 198.51.100.61").unwrap(),
+        );
+        assert_eq!(client_ip(ip("10.0.0.5"), &h, &c), ip("198.51.100.61"));
+        // Nothing usable at all: the malformed bucket, never the proxy.
+        for bad in [
+            &b"\xff"[..],
+            b"bogus, also bogus",
+            b"",
+            b" , ",
+            b"10.1.1.1, \xfe",
+        ] {
+            let mut h = HeaderMap::new();
+            h.append("x-forwarded-for", HeaderValue::from_bytes(bad).unwrap());
+            assert_eq!(
+                client_ip(ip("10.0.0.5"), &h, &c),
+                MALFORMED_FORWARDING,
+                "{bad:?}"
+            );
+        }
+        assert_eq!(limited_unit(MALFORMED_FORWARDING), MALFORMED_FORWARDING);
     }
 
     #[test]

@@ -54,7 +54,14 @@ impl<V: Clone + Send + Sync + 'static> Flights<V> {
 
     /// Runs `work` for `key` unless a young flight for the same key is in the air, in which
     /// case its outcome is shared. `None`: the flight failed; the caller reads on its own.
-    /// The work is driven by whoever awaits it, so a cancelled leader does not strand the others.
+    ///
+    /// The work runs as a task of its own, never inside a waiter. The map keeps every
+    /// flight's shared outcome (for `DONE_GRACE`); were the work driven by its waiters, a
+    /// flight whose waiters were all cancelled (a client that hung up, a request timeout)
+    /// would stay in the map unpolled, holding its pooled database connection, with the
+    /// reply unread, for ever: capacity lost while serving, and a shutdown that waits for
+    /// that connection never ends (issue 17). As a task it runs to its end (every database
+    /// call is bounded), whoever still waits.
     pub(crate) async fn run(
         &self,
         key: String,
@@ -69,7 +76,9 @@ impl<V: Clone + Send + Sync + 'static> Flights<V> {
                 }
                 _ => {
                     let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                    let inner = work();
+                    let task = tokio::spawn(work());
+                    // A panicked flight is a failed one: its waiters read on their own.
+                    let inner = async move { task.await.ok().flatten() };
                     let registry = Arc::downgrade(&self.map);
                     let done_key = key.clone();
                     let fut = async move {

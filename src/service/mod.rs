@@ -17,4 +17,4 @@ pub use outbox::DrainError;
 pub use profiles::{BatchOutcome, Lookup, ProfileService};
 pub(crate) use profiles::{count_query, dedupe};
 pub use reads::ProfileJson;
-pub use tasks::{spawn_background, warn_about_eviction};
+pub use tasks::{Named, spawn_background, warn_about_eviction};

@@ -17,22 +17,26 @@ use crate::redis::RedisClient;
 /// Longest wait of the start-up prewarm for a usable cache store.
 const PREWARM_WAIT: Duration = Duration::from_secs(10);
 
+/// A background task and its name (for the shutdown's report of what did not finish).
+pub type Named = (&'static str, JoinHandle<()>);
+
 /// Starts the background tasks (the event subscriber when there is a Redis), and the
 /// start-up prewarm once when `prewarm.enabled`.
 pub fn spawn_background(
     service: &ProfileService,
     redis: Option<&RedisClient>,
     shutdown: &CancellationToken,
-) -> Vec<JoinHandle<()>> {
+) -> Vec<Named> {
     let mut tasks = Vec::new();
     let cache = service.cache();
 
     match redis {
         Some(redis) => {
             let (svc, redis, stop) = (service.clone(), redis.clone(), shutdown.clone());
-            tasks.push(tokio::spawn(super::events_in::run_subscriber(
-                svc, redis, stop,
-            )));
+            tasks.push((
+                "event subscriber",
+                tokio::spawn(super::events_in::run_subscriber(svc, redis, stop)),
+            ));
         }
         None => tracing::info!(
             "no Redis: no events (user:* are not received, profile:* are not published)"
@@ -40,19 +44,22 @@ pub fn spawn_background(
     }
 
     let (c, stop) = (cache.clone(), shutdown.clone());
-    tasks.push(tokio::spawn(async move {
-        every(c.settings().metrics_flush, &stop, || async {
+    tasks.push((
+        "cache metrics flusher",
+        tokio::spawn(async move {
+            every(c.settings().metrics_flush, &stop, || async {
             if let Err(e) = c.flush_metrics().await {
                 tracing::debug!(error = %e, "cache metrics flush failed; kept for the next one");
             }
         })
         .await;
-        // Last counts of this instance, best effort.
-        let _ = c.flush_metrics().await;
-    }));
+            // Last counts of this instance, best effort.
+            let _ = c.flush_metrics().await;
+        }),
+    ));
 
     let (svc, stop) = (service.clone(), shutdown.clone());
-    tasks.push(tokio::spawn(async move {
+    tasks.push(("outbox drainer", tokio::spawn(async move {
         let c = svc.cache().clone();
         let failing = std::sync::atomic::AtomicBool::new(false);
         every(c.settings().outbox_poll, &stop, || async {
@@ -75,41 +82,47 @@ pub fn spawn_background(
             let _ = c.store().ping().await;
         })
         .await;
-    }));
+    })));
 
     let (c, stop) = (cache.clone(), shutdown.clone());
-    tasks.push(tokio::spawn(async move {
-        // The connection is made lazily; give it a moment before asking.
-        let deadline = tokio::time::Instant::now() + PREWARM_WAIT;
-        while !c.store().is_connected() && tokio::time::Instant::now() < deadline {
-            if stop.is_cancelled() {
-                return;
+    tasks.push((
+        "eviction-policy check",
+        tokio::spawn(async move {
+            // The connection is made lazily; give it a moment before asking.
+            let deadline = tokio::time::Instant::now() + PREWARM_WAIT;
+            while !c.store().is_connected() && tokio::time::Instant::now() < deadline {
+                if stop.is_cancelled() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        warn_about_eviction(&c.check_eviction_policy().await);
-    }));
+            warn_about_eviction(&c.check_eviction_policy().await);
+        }),
+    ));
 
     if cache.settings().prewarm.enabled {
         let (svc, stop) = (service.clone(), shutdown.clone());
-        tasks.push(tokio::spawn(async move {
-            let c = svc.cache().clone();
-            // Give the lazy connection and the first drain pass a moment, so the
-            // prewarm does not fail on a connection still being made.
-            let deadline = tokio::time::Instant::now() + PREWARM_WAIT;
-            while !(c.store().is_connected() && c.may_read())
-                && tokio::time::Instant::now() < deadline
-                && !stop.is_cancelled()
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                r = svc.prewarm() => if let Err(e) = r {
-                    tracing::warn!(error = %e, "cache prewarm failed");
-                },
-            }
-        }));
+        tasks.push((
+            "prewarm",
+            tokio::spawn(async move {
+                let c = svc.cache().clone();
+                // Give the lazy connection and the first drain pass a moment, so the
+                // prewarm does not fail on a connection still being made.
+                let deadline = tokio::time::Instant::now() + PREWARM_WAIT;
+                while !(c.store().is_connected() && c.may_read())
+                    && tokio::time::Instant::now() < deadline
+                    && !stop.is_cancelled()
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    r = svc.prewarm() => if let Err(e) = r {
+                        tracing::warn!(error = %e, "cache prewarm failed");
+                    },
+                }
+            }),
+        ));
     }
     tasks
 }

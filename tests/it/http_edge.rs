@@ -193,7 +193,10 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_connections_holding_8_kib_heads_are_all_closed() {
-    let app = TestApp::spawn_with(edge_config().await).await;
+    let mut c = edge_config().await;
+    // All from one address: the header timeout is under test here, not the per-address cap.
+    c.server.max_connections_per_address = 0;
+    let app = TestApp::spawn_with(c).await;
     let mut conns = Vec::new();
     let filler = format!(
         "GET /health HTTP/1.1\r\nHost: t\r\nX-Fill: {}\r\n",
@@ -246,6 +249,129 @@ async fn at_the_connection_cap_new_clients_wait_for_a_free_slot() {
         .await
         .expect("served once a slot is free");
     assert_eq!(r.status, 200);
+}
+
+/// A `GET /health` whose head (request line, headers, final blank line) is exactly
+/// `size` bytes, padded by one `X-Pad` header.
+fn head_of_size(size: usize) -> Vec<u8> {
+    let fixed = "GET /health HTTP/1.1\r\nHost: t\r\nX-Pad: \r\n\r\n".len();
+    let head = format!(
+        "GET /health HTTP/1.1\r\nHost: t\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(size - fixed)
+    );
+    assert_eq!(head.len(), size);
+    head.into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_over_64_kib_is_431_to_the_byte() {
+    let app = TestApp::spawn_with(edge_config().await).await;
+    // The issue's probe: one 80 KiB header (answered 200 before).
+    for (size, status) in [
+        (80 * 1024, 431),
+        (64 * 1024 + 1, 431),
+        (64 * 1024, 200),
+        (1000, 200),
+    ] {
+        let mut s = connect(&app).await;
+        s.write_all(&head_of_size(size)).await.unwrap();
+        let r = read_response(&mut s, Duration::from_secs(3))
+            .await
+            .unwrap_or_else(|| panic!("no answer to a {size}-byte head"));
+        assert_eq!(r.status, status, "a head of {size} bytes");
+        if status == 431 {
+            assert_too_large(&r);
+            assert!(closed_within(&mut s, Duration::from_secs(2)).await);
+        }
+    }
+    // Many headers adding up past the limit are one head too.
+    let mut head = b"GET /health HTTP/1.1\r\nHost: t\r\n".to_vec();
+    for i in 0..20 {
+        head.extend_from_slice(format!("X-Pad-{i}: {}\r\n", "b".repeat(4000)).as_bytes());
+    }
+    head.extend_from_slice(b"\r\n");
+    let mut s = connect(&app).await;
+    s.write_all(&head).await.unwrap();
+    let r = read_response(&mut s, Duration::from_secs(3)).await.unwrap();
+    assert_too_large(&r);
+    // A head sent a byte at a time past the limit: the same answer.
+    let mut s = connect(&app).await;
+    let head = head_of_size(64 * 1024 + 10);
+    let (first, rest) = head.split_at(64 * 1024 - 2);
+    s.write_all(first).await.unwrap();
+    for b in rest.iter().take(6) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        s.write_all(&[*b]).await.unwrap();
+    }
+    let r = read_response(&mut s, Duration::from_secs(3)).await.unwrap();
+    assert_too_large(&r);
+}
+
+/// A 431 that says why, in JSON, and closes.
+fn assert_too_large(r: &Resp) {
+    assert_eq!(r.status, 431);
+    assert!(r.closes(), "{}", r.head);
+    let body: serde_json::Value = serde_json::from_slice(&r.body).expect("a JSON body");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("64 KiB"), "{body}");
+}
+
+/// A connection from the local address `from` (any of 127.0.0.0/8).
+async fn connect_from(app: &TestApp, from: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(addr(app)).await.expect("connect")
+}
+
+/// A `GET /health` on `s`, kept alive: its status.
+async fn health_on(s: &mut TcpStream) -> u16 {
+    s.write_all(HEALTH).await.unwrap();
+    read_response(s, Duration::from_secs(3))
+        .await
+        .map_or(0, |r| r.status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_hold_every_connection_slot_but_a_trusted_proxy_may() {
+    let mut c = edge_config().await;
+    c.server.max_connections = 8;
+    c.server.max_connections_per_address = 3;
+    c.server.keep_alive_timeout_ms = 20_000;
+    c.rate_limits.trusted_proxies = vec!["127.0.0.3/32".parse().unwrap()];
+    let app = TestApp::spawn_with(c).await;
+    // A client keeps three keep-alive connections open (polling, as in the issue).
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = connect_from(&app, "127.0.0.1").await;
+        assert_eq!(health_on(&mut s).await, 200);
+        held.push(s);
+    }
+    // Its fourth is refused at once with 429, and closed.
+    let mut fourth = connect_from(&app, "127.0.0.1").await;
+    fourth.write_all(HEALTH).await.unwrap();
+    let r = read_response(&mut fourth, Duration::from_secs(3))
+        .await
+        .expect("an answer, not a wait in the backlog");
+    assert_eq!(r.status, 429);
+    assert!(r.closes(), "{}", r.head);
+    assert!(String::from_utf8_lossy(&r.body).contains("\"detail\""));
+    assert!(closed_within(&mut fourth, Duration::from_secs(2)).await);
+    // Another client is served meanwhile.
+    let mut other = connect_from(&app, "127.0.0.2").await;
+    assert_eq!(health_on(&mut other).await, 200);
+    // A trusted proxy carries many clients: four connections, all served.
+    let mut proxy = Vec::new();
+    for _ in 0..4 {
+        let mut s = connect_from(&app, "127.0.0.3").await;
+        assert_eq!(health_on(&mut s).await, 200, "a trusted proxy is exempt");
+        proxy.push(s);
+    }
+    // A slot given back is a slot again, and the held ones still work.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = connect_from(&app, "127.0.0.1").await;
+    assert_eq!(health_on(&mut again).await, 200);
+    assert_eq!(health_on(&mut held[0]).await, 200);
 }
 
 /// Sends `head` (a request whose body is not sent yet), reads the early answer, then
@@ -593,6 +719,54 @@ async fn behind_a_trusted_proxy_a_spoofed_first_entry_changes_nothing() {
     );
 }
 
+/// [`bad_token_from`] with raw header bytes (which need not be ASCII).
+async fn bad_token_from_bytes(app: &TestApp, xff: &[u8]) -> Resp {
+    let mut s = connect(app).await;
+    let mut req = b"GET /api/profiles/me HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer nope\r\nX-Forwarded-For: ".to_vec();
+    req.extend_from_slice(xff);
+    req.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+    s.write_all(&req).await.unwrap();
+    read_response(&mut s, Duration::from_secs(3)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stray_byte_in_x_forwarded_for_spoils_only_its_entry_never_the_proxys_limit() {
+    let mut c = edge_config().await;
+    c.rate_limits.per_address = 2;
+    c.rate_limits.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    let app = TestApp::spawn_with(c).await;
+    // Five clients behind the proxy, each sending one non-ASCII byte in front of its own
+    // (proxy-appended) address: each is counted as itself, twice, within its limit of 2.
+    for i in 0..5 {
+        for _ in 0..2 {
+            let mut raw = b"\xff".to_vec();
+            raw.extend_from_slice(format!(", 198.51.100.6{i}").as_bytes());
+            assert_eq!(
+                bad_token_from_bytes(&app, &raw).await.status,
+                401,
+                "client {i}"
+            );
+        }
+    }
+    // Forwarded requests with nothing usable share one bucket of their own...
+    let statuses = [
+        bad_token_from_bytes(&app, b"\xff").await.status,
+        bad_token_from_bytes(&app, b"not-an-address").await.status,
+        bad_token_from_bytes(&app, b"\xfe\xff, ").await.status,
+    ];
+    assert_eq!(statuses, [401, 401, 429], "the malformed-forwarding bucket");
+    // ...and the proxy's own requests (no X-Forwarded-For) are still within its limit.
+    let mut s = connect(&app).await;
+    s.write_all(b"GET /api/profiles/me HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer nope\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response(&mut s, Duration::from_secs(3)).await.unwrap();
+    assert_eq!(
+        r.status, 401,
+        "the proxy's own address was spent by its clients"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_peer_cannot_choose_its_address() {
     let mut c = edge_config().await;
@@ -646,4 +820,93 @@ async fn graceful_shutdown_finishes_the_request_in_flight_and_closes_idle_ones()
     // And nothing new is accepted.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(TcpStream::connect(addr(&app)).await.is_err());
+}
+
+/// Issue 17: under `ulimit -n 64` the release binary logged "accept failed: Too many open
+/// files" 20 times a second, and never compared the limit with `max_connections` (10,000
+/// by default). Now it raises the soft limit to the hard one, lowers its connection cap to
+/// fit what is left (saying so), and a crowd of connections neither floods the log nor
+/// stops it from serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_ulimit_n_64_the_cap_fits_the_limit_and_the_log_is_not_flooded() {
+    let dir = std::env::temp_dir().join(format!("user-api-nofile-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("stderr.log");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 64 && exec \"$0\" serve")
+        .arg(env!("CARGO_BIN_EXE_user-api"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.join("db.sqlite").display()),
+        )
+        .env("JWT_PUBLIC_KEY_FILE", &crate::helpers::keys().public_file)
+        .env("USER_API_ADDR", format!("127.0.0.1:{port}"))
+        .env("PREWARM", "0")
+        .env("USER_API__DATABASE__MAX_CONNECTIONS", "2")
+        .env("USER_API__SERVER__HEADER_READ_TIMEOUT_MS", "1000")
+        .env("USER_API__SERVER__MAX_CONNECTIONS_PER_ADDRESS", "0")
+        .env("USER_API__SERVER__LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start user-api under ulimit -n 64");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let health = || async move {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        read_response(&mut s, Duration::from_secs(2))
+            .await
+            .map(|r| r.status)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while health().await != Some(200) {
+        assert!(Instant::now() < deadline, "the service did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let start = logs();
+    assert!(
+        start.contains("file-descriptor limit is below")
+            && start.contains("\"limit\":64")
+            && start.contains("\"serving_at_most\":"),
+        "no warning about the descriptor limit at start:\n{start}"
+    );
+    // A crowd of 150 connections, each holding half a head until the header timeout.
+    let mut crowd = Vec::new();
+    for _ in 0..150 {
+        if let Ok(mut s) = TcpStream::connect(addr).await {
+            let _ = s.write_all(b"GET /health HTTP/1.1\r\n").await;
+            crowd.push(s);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = logs();
+    let accept_lines = during.matches("accept failed").count();
+    assert!(
+        accept_lines <= 1,
+        "{accept_lines} accept-failure lines in 3 s:\n{during}"
+    );
+    drop(crowd);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while health().await != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "not serving after the crowd left:\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -36,5 +36,6 @@ mod ratelimit_redis;
 mod repo;
 mod request_id;
 mod revocation;
+mod settings;
 mod shutdown;
 mod stack_ops;
