@@ -8,7 +8,7 @@ use chrono::{TimeZone, Utc};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
 use user_api::domain::{
-    Document, JsonObject, MAX_ADDRESS_CHARS, MAX_TEXT_CHARS, Profile, ProfileInput,
+    Document, JsonObject, MAX_ADDRESS_CHARS, MAX_TEXT_CHARS, Profile, ProfileId, ProfileInput,
     ProfilePatchInput, UserId,
 };
 
@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
         // The cache stores the full profile as JSON; it must read back as it was.
         let at = Utc.timestamp_opt(1_700_000_000, 123_456_000).unwrap();
         let profile = Profile {
+            id: ProfileId::random(),
             user_id: id.unwrap_or_else(UserId::random),
             first_name: p.first_name,
             last_name: p.last_name,
