@@ -790,3 +790,61 @@ async fn the_id_is_in_the_json_the_cache_the_batch_and_the_openapi_document_and_
         );
     }
 }
+
+/// The steps docs/database.md gives for adding the id to a large deployment of this
+/// service online, before the new binary starts (one statement each, as psql sends them).
+const ONLINE_ID_STEPS: [&str; 8] = [
+    "ALTER TABLE profiles ADD COLUMN id uuid",
+    "ALTER TABLE profiles ALTER COLUMN id SET DEFAULT gen_random_uuid()",
+    "UPDATE profiles SET id = gen_random_uuid() \
+     WHERE user_id IN (SELECT user_id FROM profiles WHERE id IS NULL LIMIT 10000)",
+    "CREATE UNIQUE INDEX CONCURRENTLY profiles_id_key ON profiles (id)",
+    "ALTER TABLE profiles ADD CONSTRAINT profiles_id_not_null CHECK (id IS NOT NULL) NOT VALID",
+    "ALTER TABLE profiles VALIDATE CONSTRAINT profiles_id_not_null",
+    "ALTER TABLE profiles ALTER COLUMN id SET NOT NULL",
+    "ALTER TABLE profiles DROP CONSTRAINT profiles_id_not_null",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_online_id_steps_leave_migration_0002_only_to_record_itself() {
+    let url = db::fresh_postgres_url().await;
+    let mut conn = pg(&url).await;
+    only_0001("./migrations/postgres", &mut conn).await;
+    let user = UserId::random();
+    sqlx::query(
+        "INSERT INTO profiles (user_id, name, created_at, updated_at) VALUES ($1, 'x', now(), now())",
+    )
+    .bind(user.as_uuid())
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    for step in ONLINE_ID_STEPS {
+        conn.execute(step)
+            .await
+            .unwrap_or_else(|e| panic!("{step}: {e}"));
+    }
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM profiles")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.ok();
+
+    let config = config_on(&url).await;
+    let app = TestApp::spawn_with(config.clone()).await;
+    assert_eq!(get_profile(&app, user).await["id"], id.to_string());
+    let fresh_url = db::fresh_postgres_url().await;
+    user_api::db::connect(&fresh_url, &user_api::pool_options(&config))
+        .await
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
+    let (mut online, mut fresh) = (snapshot(&url).await, snapshot(&fresh_url).await);
+    for s in [&mut online, &mut fresh] {
+        s.remove("profiles rows");
+        for row in s.get_mut("history").unwrap() {
+            *row = row.split('|').take(4).collect::<Vec<_>>().join("|");
+        }
+    }
+    assert_eq!(online, fresh, "the online steps made the schema 0002 makes");
+}
