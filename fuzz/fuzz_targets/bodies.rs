@@ -50,9 +50,9 @@ fuzz_target!(|data: &[u8]| {
         && let Ok(p) = patch.validate()
     {
         for f in [&p.first_name, &p.last_name, &p.name, &p.phone] {
-            within(&f.clone().flatten(), MAX_TEXT_CHARS);
+            within(&f.new_value().cloned(), MAX_TEXT_CHARS);
         }
-        within(&p.address.clone().flatten(), MAX_ADDRESS_CHARS);
+        within(&p.address.new_value().cloned(), MAX_ADDRESS_CHARS);
     }
     if let Ok(doc) = serde_json::from_slice::<JsonObject>(data)
         && Document::validate(&doc).is_ok()
