@@ -1,8 +1,8 @@
 //! PostgreSQL's schema step: taking over, in place, a database the Python service left
 //! (SPEC 7), then the embedded migrations.
 //!
-//! A database with a `profiles` table and no `_sqlx_migrations` history is the Python
-//! service's. Its shape is checked before anything is written; any other shape is refused
+//! A database with a `profiles` table and no `_sqlx_migrations` history (or an empty one)
+//! is the Python service's. Its shape is checked before anything is written; any other shape is refused
 //! with every difference named ([`ForeignSchema`]) and nothing changed. An accepted table
 //! is adopted in three steps, each safe to interrupt and resume (docs/database.md says
 //! which lock each takes and for how long):
@@ -494,8 +494,20 @@ async fn adopt_if_python(conn: &mut PgConnection, migrator: &Migrator) -> Result
     .fetch_one(&mut *conn)
     .await
     .map_err(db_err)?;
-    if history || !profiles {
+    if !profiles {
         return Ok(());
+    }
+    // An empty history is no history: sqlx creates its table before it runs 0001, so a
+    // version without the takeover, started once on the Python database, left one behind
+    // when 0001 failed ("relation profiles already exists").
+    if history {
+        let recorded: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM _sqlx_migrations)")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db_err)?;
+        if recorded {
+            return Ok(());
+        }
     }
     let shape = read_shape(conn).await?;
     let stage = stage_of(&shape)?;

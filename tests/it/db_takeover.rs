@@ -335,6 +335,25 @@ async fn a_python_database_is_taken_over_in_place_and_served() {
     }
 }
 
+/// The issue's first try: a version without the takeover, started on the Python database,
+/// failed on 0001 after sqlx had made its (empty) history table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_history_left_by_a_failed_first_try_is_no_history() {
+    let url = database_with(&format!(
+        "{PYTHON_DDL}
+         CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL,
+           installed_on TIMESTAMPTZ NOT NULL DEFAULT now(), success BOOLEAN NOT NULL,
+           checksum BYTEA NOT NULL, execution_time BIGINT NOT NULL);"
+    ))
+    .await;
+    let rows = insert_python_rows(&url).await;
+    let app = TestApp::spawn_with(config_on(&url).await).await;
+    assert_eq!(
+        get_profile(&app, rows.full.1).await["id"],
+        rows.full.0.to_string()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_start_changes_nothing() {
     let url = database_with(PYTHON_DDL).await;
