@@ -867,3 +867,59 @@ async fn the_online_id_steps_leave_migration_0002_only_to_record_itself() {
     }
     assert_eq!(online, fresh, "the online steps made the schema 0002 makes");
 }
+
+/// A long transaction on `profiles` (the Python service's, say) when the takeover starts:
+/// the catalog step gives up its lock wait after 2 s, so readers never queue behind it for
+/// longer, and tries again until the transaction is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_takeover_waits_out_a_long_transaction_without_queueing_readers_for_long() {
+    let url = database_with(PYTHON_DDL).await;
+    let rows = insert_python_rows(&url).await;
+    let mut long = pg(&url).await;
+    long.execute("BEGIN").await.unwrap();
+    long.execute("SELECT count(*) FROM profiles").await.unwrap();
+    let config = config_on(&url).await;
+    let build = tokio::spawn(App::build(config.clone()));
+
+    // While the takeover waits for its lock, a reader waits at most its lock timeout.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut reader = pg(&url).await;
+    for _ in 0..3 {
+        let read =
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM profiles").fetch_one(&mut reader);
+        let n = tokio::time::timeout(std::time::Duration::from_millis(2_800), read)
+            .await
+            .expect("a reader queued behind the takeover for longer than its lock timeout")
+            .unwrap();
+        assert_eq!(n, 4);
+    }
+    assert!(
+        !build.is_finished(),
+        "the takeover did not wait for the transaction"
+    );
+    let columns: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'profiles'",
+    )
+    .fetch_one(&mut reader)
+    .await
+    .unwrap();
+    assert_eq!(
+        columns, 9,
+        "nothing is changed while the lock cannot be had"
+    );
+    reader.close().await.ok();
+
+    long.execute("COMMIT").await.unwrap();
+    long.close().await.ok();
+    drop(
+        build
+            .await
+            .unwrap()
+            .expect("the takeover once the transaction is over"),
+    );
+    let app = TestApp::spawn_with(config).await;
+    assert_eq!(
+        get_profile(&app, rows.full.1).await["id"],
+        rows.full.0.to_string()
+    );
+}
