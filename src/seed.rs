@@ -8,7 +8,7 @@ use rand::RngExt;
 use rand::seq::IndexedRandom;
 
 use crate::db::{DbError, ProfileRepo};
-use crate::domain::{Email, Profile, UserId};
+use crate::domain::{Email, Profile, ProfileId, UserId};
 
 /// Profiles generated and inserted per round trip: big enough to amortize the round trip,
 /// small enough to keep memory flat for millions of rows.
@@ -223,6 +223,7 @@ fn fake_profile(rng: &mut impl rand::Rng, now: DateTime<Utc>, i: usize) -> Profi
     };
 
     Profile {
+        id: ProfileId::random(),
         user_id,
         first_name: Some(first.to_owned()),
         last_name: Some(last.to_owned()),

@@ -8,7 +8,7 @@ use chrono::{TimeZone, Utc};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Value, json};
 use user_api::domain::{
-    Document, JsonObject, MAX_ADDRESS_CHARS, MAX_TEXT_CHARS, Profile, ProfileInput,
+    Document, JsonObject, MAX_ADDRESS_CHARS, MAX_TEXT_CHARS, Profile, ProfileId, ProfileInput,
     ProfilePatchInput, UserId,
 };
 
@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
         // The cache stores the full profile as JSON; it must read back as it was.
         let at = Utc.timestamp_opt(1_700_000_000, 123_456_000).unwrap();
         let profile = Profile {
+            id: ProfileId::random(),
             user_id: id.unwrap_or_else(UserId::random),
             first_name: p.first_name,
             last_name: p.last_name,
@@ -49,9 +50,9 @@ fuzz_target!(|data: &[u8]| {
         && let Ok(p) = patch.validate()
     {
         for f in [&p.first_name, &p.last_name, &p.name, &p.phone] {
-            within(&f.clone().flatten(), MAX_TEXT_CHARS);
+            within(&f.new_value().cloned(), MAX_TEXT_CHARS);
         }
-        within(&p.address.clone().flatten(), MAX_ADDRESS_CHARS);
+        within(&p.address.new_value().cloned(), MAX_ADDRESS_CHARS);
     }
     if let Ok(doc) = serde_json::from_slice::<JsonObject>(data)
         && Document::validate(&doc).is_ok()

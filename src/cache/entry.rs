@@ -68,6 +68,8 @@ struct ProfileIn {
 #[allow(dead_code)] // Read only to check the shape.
 struct ProfileEntryShape<'a> {
     #[serde(borrow)]
+    id: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
     user_id: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
     first_name: Option<std::borrow::Cow<'a, str>>,
@@ -101,6 +103,7 @@ pub fn profile_entry(raw: &str, id: UserId) -> Option<(DateTime<Utc>, String)> {
     if shape.user_id.parse::<UserId>().ok()? != id {
         return None;
     }
+    uuid::Uuid::try_parse(&shape.id).ok()?;
     let at = DateTime::parse_from_rfc3339(&shape.cached_at)
         .ok()?
         .to_utc();
@@ -166,6 +169,7 @@ mod tests {
     #[test]
     fn entries_round_trip() {
         let p = Profile {
+            id: crate::domain::ProfileId::random(),
             user_id: UserId::random(),
             first_name: Some("太郎".into()),
             last_name: None,
@@ -191,6 +195,7 @@ mod tests {
     #[test]
     fn profile_entries_are_checked_before_they_are_served_as_they_are() {
         let p = Profile {
+            id: crate::domain::ProfileId::random(),
             user_id: UserId::random(),
             first_name: Some("tab\there \"q\"".into()),
             last_name: None,
@@ -228,6 +233,14 @@ mod tests {
             "an unknown field"
         );
         v.as_object_mut().unwrap().remove("extra");
+        let whole = v.clone();
+        v.as_object_mut().unwrap().remove("id");
+        assert_eq!(
+            profile_entry(&v.to_string(), p.user_id),
+            None,
+            "an entry from before profiles had ids"
+        );
+        let mut v = whole;
         v.as_object_mut().unwrap().remove("updated_at");
         assert_eq!(
             profile_entry(&v.to_string(), p.user_id),

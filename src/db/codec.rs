@@ -3,7 +3,7 @@
 //!
 //! | value | PostgreSQL | SQLite (see `migrations/sqlite`) |
 //! | --- | --- | --- |
-//! | [`UserId`] | `uuid` | lowercase hyphenated text |
+//! | [`UserId`], [`ProfileId`] | `uuid` | lowercase hyphenated text |
 //! | [`Email`] | `text` | `TEXT` |
 //! | [`DbTime`] (written) | `timestamptz` | fixed-width RFC 3339 UTC text, `…SS.ffffffZ`, so text order is time order |
 //! | `DateTime<Utc>` (read) | `timestamptz` | any RFC 3339 text (sqlx) |
@@ -19,49 +19,62 @@ use sqlx::types::uuid::fmt::Hyphenated;
 use sqlx::{Database, Decode, Encode, Postgres, Sqlite, Type};
 use uuid::Uuid;
 
-use crate::domain::{Email, UserId};
+use crate::domain::{Email, ProfileId, UserId};
 
-impl Type<Postgres> for UserId {
-    fn type_info() -> PgTypeInfo {
-        <Uuid as Type<Postgres>>::type_info()
-    }
+/// The stored form of a UUID newtype: `uuid` in PostgreSQL, lowercase hyphenated text in
+/// SQLite (sqlx's own `Uuid` is a blob there, which `sqlite3` users could not read).
+macro_rules! uuid_codec {
+    ($ty:ty) => {
+        impl Type<Postgres> for $ty {
+            fn type_info() -> PgTypeInfo {
+                <Uuid as Type<Postgres>>::type_info()
+            }
+        }
+
+        impl PgHasArrayType for $ty {
+            fn array_type_info() -> PgTypeInfo {
+                <Uuid as PgHasArrayType>::array_type_info()
+            }
+        }
+
+        impl Encode<'_, Postgres> for $ty {
+            fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+                <Uuid as Encode<Postgres>>::encode_by_ref(&self.as_uuid(), buf)
+            }
+        }
+
+        impl Decode<'_, Postgres> for $ty {
+            fn decode(value: PgValueRef<'_>) -> Result<Self, BoxDynError> {
+                <Uuid as Decode<Postgres>>::decode(value).map(<$ty>::from_uuid)
+            }
+        }
+
+        impl Type<Sqlite> for $ty {
+            fn type_info() -> SqliteTypeInfo {
+                <Hyphenated as Type<Sqlite>>::type_info()
+            }
+        }
+
+        impl Encode<'_, Sqlite> for $ty {
+            fn encode_by_ref(
+                &self,
+                buf: &mut SqliteArgumentsBuffer,
+            ) -> Result<IsNull, BoxDynError> {
+                <Hyphenated as Encode<Sqlite>>::encode_by_ref(&self.as_uuid().hyphenated(), buf)
+            }
+        }
+
+        impl Decode<'_, Sqlite> for $ty {
+            fn decode(value: SqliteValueRef<'_>) -> Result<Self, BoxDynError> {
+                <Hyphenated as Decode<Sqlite>>::decode(value)
+                    .map(|h| <$ty>::from_uuid(h.into_uuid()))
+            }
+        }
+    };
 }
 
-impl PgHasArrayType for UserId {
-    fn array_type_info() -> PgTypeInfo {
-        <Uuid as PgHasArrayType>::array_type_info()
-    }
-}
-
-impl Encode<'_, Postgres> for UserId {
-    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
-        <Uuid as Encode<Postgres>>::encode_by_ref(&self.as_uuid(), buf)
-    }
-}
-
-impl Decode<'_, Postgres> for UserId {
-    fn decode(value: PgValueRef<'_>) -> Result<Self, BoxDynError> {
-        <Uuid as Decode<Postgres>>::decode(value).map(UserId::from_uuid)
-    }
-}
-
-impl Type<Sqlite> for UserId {
-    fn type_info() -> SqliteTypeInfo {
-        <Hyphenated as Type<Sqlite>>::type_info()
-    }
-}
-
-impl Encode<'_, Sqlite> for UserId {
-    fn encode_by_ref(&self, buf: &mut SqliteArgumentsBuffer) -> Result<IsNull, BoxDynError> {
-        <Hyphenated as Encode<Sqlite>>::encode_by_ref(&self.as_uuid().hyphenated(), buf)
-    }
-}
-
-impl Decode<'_, Sqlite> for UserId {
-    fn decode(value: SqliteValueRef<'_>) -> Result<Self, BoxDynError> {
-        <Hyphenated as Decode<Sqlite>>::decode(value).map(|h| UserId::from_uuid(h.into_uuid()))
-    }
-}
+uuid_codec!(UserId);
+uuid_codec!(ProfileId);
 
 /// A timestamp as it is written: microseconds (what PostgreSQL keeps), and on SQLite the
 /// fixed-width text the schema's ordering relies on (sqlx's own text form varies in width).

@@ -17,6 +17,7 @@ mod postgres;
 pub mod sql;
 mod sql_repo;
 mod sqlite;
+mod takeover;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,7 @@ pub use events::{OutboxEvent, PROFILE_DELETED, PROFILE_UPDATED};
 pub use postgres::PostgresRepo;
 pub use sql_repo::{Dialect, SqlRepo};
 pub use sqlite::SqliteRepo;
+pub use takeover::{BASELINE_VERSION, ForeignSchema, SchemaDifference};
 
 /// Shared handle to the chosen backend.
 pub type Repo = Arc<dyn ProfileRepo>;
@@ -55,6 +57,14 @@ pub enum DbError {
     /// Migration failure at start-up.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A database without migration history whose `profiles` table cannot be taken over.
+    #[error(transparent)]
+    ForeignSchema(#[from] ForeignSchema),
+    /// The takeover could not lock `profiles` for its catalog change; nothing was changed.
+    #[error(
+        "could not take over the `profiles` table: {attempts} attempts waited over 2 s each for          its lock (a long transaction holds it); nothing was changed, start again"
+    )]
+    TakeoverBlocked { attempts: u32 },
 }
 
 impl DbError {
@@ -64,7 +74,10 @@ impl DbError {
         let kind = match &self {
             Self::Unavailable(_) => "unavailable",
             Self::Other(_) | Self::Migrate(_) => "other",
-            Self::AlreadyExists | Self::EmailTaken => return self,
+            Self::AlreadyExists
+            | Self::EmailTaken
+            | Self::ForeignSchema(_)
+            | Self::TakeoverBlocked { .. } => return self,
         };
         metrics::counter!("db_errors_total", "kind" => kind).increment(1);
         self

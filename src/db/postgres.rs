@@ -5,30 +5,34 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
+use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{Pool, Postgres, Transaction};
+use sqlx::{Connection, Pool, Postgres, Transaction};
 
 use super::codec::DbTime;
-use super::sql::profile_columns;
+use super::sql::{profile_columns, profile_select};
 use super::sql_repo::{Dialect, SqlRepo};
-use super::{DbError, InvalidationScope, PoolOptions};
+use super::{DbError, InvalidationScope, PoolOptions, takeover};
 use crate::domain::{Profile, UserId};
 
 /// The PostgreSQL repository.
 pub type PostgresRepo = SqlRepo<Postgres>;
 
-/// Name of the primary key of `profiles` (see the migration).
+/// Name of the primary key of `profiles` (see the migration): on `user_id` in this
+/// service's own schema, on `id` in a table taken over from the Python service.
 const PK_CONSTRAINT: &str = "profiles_pkey";
+/// Name of the unique constraint on `user_id` in a table taken over from the Python service.
+const USER_ID_KEY: &str = "profiles_user_id_key";
 /// Name of the unique index on `lower(email)` (see the migration).
 const EMAIL_INDEX: &str = "profiles_email_lower_key";
-/// Rows per `INSERT … SELECT FROM UNNEST(…)`: arrays are bound as 11 parameters whatever
+/// Rows per `INSERT … SELECT FROM UNNEST(…)`: arrays are bound as 12 parameters whatever
 /// the row count, so only statement size and duration limit this.
 const INSERT_CHUNK: usize = 5_000;
 
 /// $1 ids.
 const FETCH_MANY: &str = concat!(
     "SELECT ",
-    profile_columns!(),
+    profile_select!(),
     " FROM profiles WHERE user_id = ANY($1)"
 );
 
@@ -51,14 +55,17 @@ const RECORD_LOGINS: &str = "\
     INSERT INTO cache_invalidations (user_id, scope, created_at) \
     SELECT user_id, $3, $4 FROM changed RETURNING id, user_id";
 
-/// Eleven arrays, one per column; conflicts (id or e-mail) skip the row.
+/// Twelve arrays, one per column; conflicts (ids or e-mail) skip the row.
 const INSERT_MANY: &str = concat!(
     "INSERT INTO profiles (",
     profile_columns!(),
-    ") SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
-     $6::text[], $7::text[], $8::date[], $9::timestamptz[], $10::timestamptz[], \
-     $11::timestamptz[]) ON CONFLICT DO NOTHING"
+    ") SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
+     $6::text[], $7::text[], $8::text[], $9::date[], $10::timestamptz[], $11::timestamptz[], \
+     $12::timestamptz[]) ON CONFLICT DO NOTHING"
 );
+
+/// The embedded migrations (their checksums are what the takeover records).
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 impl SqlRepo<Postgres> {
     /// Opens the pool, with the statement timeout set for every connection.
@@ -82,8 +89,16 @@ impl SqlRepo<Postgres> {
 impl Dialect for Postgres {
     const BACKEND: &'static str = "postgres";
 
-    async fn migrate(pool: &Pool<Self>) -> Result<(), sqlx::migrate::MigrateError> {
-        sqlx::migrate!("./migrations/postgres").run(pool).await
+    async fn migrate(pool: &Pool<Self>) -> Result<(), DbError> {
+        // A connection of its own, out of the pool: the pool's statement timeout must not
+        // cut off an index build or a migration's rewrite, and the advisory lock the step
+        // holds ends with the session however the step ends.
+        let mut conn = pool.acquire().await.map_err(Self::map_err)?.detach();
+        let result = takeover::migrate(&mut conn, &MIGRATOR).await;
+        if let Err(e) = conn.close().await {
+            tracing::debug!(error = %e, "closing the migration connection");
+        }
+        result
     }
 
     async fn begin_write(pool: &Pool<Self>) -> Result<Transaction<'static, Self>, sqlx::Error> {
@@ -139,6 +154,7 @@ impl Dialect for Postgres {
                     .collect::<Vec<_>>()
             };
             let done = sqlx::query(INSERT_MANY)
+                .bind(chunk.iter().map(|p| p.id).collect::<Vec<_>>())
                 .bind(chunk.iter().map(|p| p.user_id).collect::<Vec<_>>())
                 .bind(column(&|p| p.first_name.clone()))
                 .bind(column(&|p| p.last_name.clone()))
@@ -195,7 +211,7 @@ impl Dialect for Postgres {
         if let sqlx::Error::Database(db) = &e {
             if db.is_unique_violation() {
                 match db.constraint() {
-                    Some(PK_CONSTRAINT) => return DbError::AlreadyExists,
+                    Some(PK_CONSTRAINT | USER_ID_KEY) => return DbError::AlreadyExists,
                     Some(EMAIL_INDEX) => return DbError::EmailTaken,
                     _ => {}
                 }

@@ -4,37 +4,53 @@
 
 use crate::domain::DocumentKind;
 
-/// The columns of `profiles`, in the order of [`crate::domain::Profile`].
+/// The columns of `profiles`, in the order of [`crate::domain::Profile`], as an insert
+/// names them.
 macro_rules! profile_columns {
     () => {
-        "user_id, first_name, last_name, name, email, phone, address, date_of_birth, \
+        "id, user_id, first_name, last_name, name, email, phone, address, date_of_birth, \
          last_login, created_at, updated_at"
     };
 }
 pub(super) use profile_columns;
 
+/// The same columns as a read answers them. A table taken over from the Python service
+/// keeps its nullable timestamps (its writers may still send NULL); such a row is served
+/// with the other timestamp, or the epoch when both are missing, rather than failing to
+/// decode. This service's own schema has them NOT NULL, so there it changes nothing.
+macro_rules! profile_select {
+    () => {
+        "id, user_id, first_name, last_name, name, email, phone, address, date_of_birth, \
+         last_login, \
+         COALESCE(created_at, updated_at, '1970-01-01T00:00:00.000000Z') AS created_at, \
+         COALESCE(updated_at, created_at, '1970-01-01T00:00:00.000000Z') AS updated_at"
+    };
+}
+pub(super) use profile_select;
+
 /// $1 id.
 pub const FETCH_PROFILE: &str = concat!(
     "SELECT ",
-    profile_columns!(),
+    profile_select!(),
     " FROM profiles WHERE user_id = $1"
 );
 
 /// $1 logged in after, $2 limit.
 pub const RECENT_LOGINS: &str = concat!(
     "SELECT ",
-    profile_columns!(),
+    profile_select!(),
     " FROM profiles WHERE last_login > $1 ORDER BY last_login DESC, user_id LIMIT $2"
 );
 
-/// $1 id, $2–$8 the fields, $9 now (created and updated). No row back when the id exists;
-/// an e-mail held by another row raises the unique violation.
+/// $1 the new profile id, $2 the user id, $3–$9 the fields, $10 now (created and
+/// updated). No row back when the user id exists; an e-mail held by another row raises the
+/// unique violation.
 pub const INSERT_PROFILE: &str = concat!(
     "INSERT INTO profiles (",
     profile_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $9) \
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10, $10) \
      ON CONFLICT (user_id) DO NOTHING RETURNING ",
-    profile_columns!()
+    profile_select!()
 );
 
 /// $1 id, then a flag and a value per field ($2 … $15), $16 now. One static statement
@@ -50,13 +66,13 @@ pub const APPLY_PATCH: &str = concat!(
        date_of_birth = CASE WHEN $14 THEN $15 ELSE date_of_birth END, \
        updated_at    = $16 \
      WHERE user_id = $1 RETURNING ",
-    profile_columns!()
+    profile_select!()
 );
 
 /// $1 id; answers the deleted row.
 pub const DELETE_PROFILE: &str = concat!(
     "DELETE FROM profiles WHERE user_id = $1 RETURNING ",
-    profile_columns!()
+    profile_select!()
 );
 
 /// $1 id, $2 scope, $3 now; answers the row id.

@@ -18,7 +18,7 @@ use super::{
     PoolStats, ProfileRepo, UserSync, Written, sql,
 };
 use crate::domain::{
-    Document, DocumentKind, Email, JsonObject, NewProfile, Profile, ProfilePatch, UserId,
+    Document, DocumentKind, Email, JsonObject, NewProfile, Profile, ProfileId, ProfilePatch, UserId,
 };
 
 /// What one SQL backend does its own way.
@@ -27,8 +27,9 @@ pub trait Dialect: Database {
     /// "postgres" or "sqlite", for logs.
     const BACKEND: &'static str;
 
-    /// Applies the backend's embedded migrations.
-    async fn migrate(pool: &Pool<Self>) -> Result<(), sqlx::migrate::MigrateError>;
+    /// Brings the schema up to date: the embedded migrations (after, on PostgreSQL, the
+    /// takeover of a database the Python service left).
+    async fn migrate(pool: &Pool<Self>) -> Result<(), DbError>;
 
     /// Starts a write transaction.
     async fn begin_write(pool: &Pool<Self>) -> Result<Transaction<'static, Self>, sqlx::Error>;
@@ -71,6 +72,14 @@ pub trait Dialect: Database {
     /// [`Self::classify`], counted in `db_errors_total`.
     fn map_err(e: sqlx::Error) -> DbError {
         Self::classify(e).record_metric()
+    }
+
+    /// A migration failure: the driver's own errors classified like any other call.
+    fn map_migrate_err(e: sqlx::migrate::MigrateError) -> DbError {
+        match e {
+            sqlx::migrate::MigrateError::Execute(e) => Self::map_err(e),
+            other => DbError::Migrate(other),
+        }
     }
 }
 
@@ -155,6 +164,7 @@ where
     for<'c> &'c mut D::Connection: Executor<'c, Database = D>,
     D::Arguments: IntoArguments<D>,
     for<'q> UserId: Encode<'q, D> + Type<D>,
+    for<'q> ProfileId: Encode<'q, D> + Type<D>,
     for<'q> DbTime: Encode<'q, D> + Type<D>,
     for<'q> bool: Encode<'q, D> + Type<D>,
     for<'q> &'q str: Encode<'q, D> + Type<D>,
@@ -164,14 +174,18 @@ where
     for<'r> Profile: FromRow<'r, D::Row>,
     for<'r> (i64,): FromRow<'r, D::Row>,
 {
-    /// Inserts a profile with `fields`; `None` when the id exists.
+    /// Inserts a profile with `fields` under a new profile id; `None` when the user id
+    /// exists.
     async fn insert(
         tx: &mut D::Connection,
         id: UserId,
         fields: &NewProfile,
         now: DateTime<Utc>,
     ) -> Result<Option<Profile>, DbError> {
+        // Generated here, not by a column default: SQLite has no UUID function, and one
+        // statement serves both backends.
         sqlx::query_as(sql::INSERT_PROFILE)
+            .bind(ProfileId::random())
             .bind(id)
             .bind(fields.first_name.as_deref())
             .bind(fields.last_name.as_deref())
@@ -277,6 +291,7 @@ where
     for<'c> &'c mut D::Connection: Executor<'c, Database = D>,
     D::Arguments: IntoArguments<D>,
     for<'q> UserId: Encode<'q, D> + Type<D>,
+    for<'q> ProfileId: Encode<'q, D> + Type<D>,
     for<'q> DbTime: Encode<'q, D> + Type<D>,
     for<'q> bool: Encode<'q, D> + Type<D>,
     for<'q> &'q str: Encode<'q, D> + Type<D>,
@@ -294,10 +309,7 @@ where
     }
 
     async fn migrate(&self) -> Result<(), DbError> {
-        D::migrate(&self.pool).await.map_err(|e| match e {
-            sqlx::migrate::MigrateError::Execute(e) => D::map_err(e),
-            other => DbError::Migrate(other),
-        })
+        D::migrate(&self.pool).await
     }
 
     async fn ping(&self) -> Result<(), DbError> {

@@ -17,7 +17,7 @@ use sqlx::types::Json;
 use sqlx::{Pool, Sqlite, Transaction};
 
 use super::codec::DbTime;
-use super::sql::{self, profile_columns};
+use super::sql::{self, profile_columns, profile_select};
 use super::sql_repo::{Dialect, SqlRepo};
 use super::{DbError, InvalidationScope, PoolOptions};
 use crate::domain::{DocumentKind, Profile, UserId};
@@ -33,7 +33,7 @@ const PK_COLUMN: &str = "profiles.user_id";
 /// $1 a JSON array of ids.
 const FETCH_MANY: &str = concat!(
     "SELECT ",
-    profile_columns!(),
+    profile_select!(),
     " FROM profiles WHERE user_id IN (SELECT value FROM json_each($1))"
 );
 
@@ -50,13 +50,13 @@ const CLAIM_ROWS: &str = "SELECT id FROM cache_invalidations \
 const RECORD_LOGIN: &str = "UPDATE profiles SET last_login = $2 \
      WHERE user_id = $1 AND (last_login IS NULL OR last_login < $3) RETURNING user_id";
 
-/// $1 a JSON array of rows, each an array of the eleven columns as stored. `WHERE true`
+/// $1 a JSON array of rows, each an array of the twelve columns as stored. `WHERE true`
 /// keeps SQLite from reading `ON CONFLICT` as part of the `SELECT`.
 const INSERT_MANY: &str = concat!(
     "INSERT INTO profiles (",
     profile_columns!(),
     ") SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, \
-     value->>7, value->>8, value->>9, value->>10 FROM json_each($1) WHERE true \
+     value->>7, value->>8, value->>9, value->>10, value->>11 FROM json_each($1) WHERE true \
      ON CONFLICT DO NOTHING"
 );
 
@@ -125,8 +125,11 @@ impl SqlRepo<Sqlite> {
 impl Dialect for Sqlite {
     const BACKEND: &'static str = "sqlite";
 
-    async fn migrate(pool: &Pool<Self>) -> Result<(), sqlx::migrate::MigrateError> {
-        sqlx::migrate!("./migrations/sqlite").run(pool).await
+    async fn migrate(pool: &Pool<Self>) -> Result<(), DbError> {
+        sqlx::migrate!("./migrations/sqlite")
+            .run(pool)
+            .await
+            .map_err(Self::map_migrate_err)
     }
 
     async fn begin_write(pool: &Pool<Self>) -> Result<Transaction<'static, Self>, sqlx::Error> {
@@ -205,6 +208,7 @@ impl Dialect for Sqlite {
             .iter()
             .map(|p| {
                 json!([
+                    p.id,
                     p.user_id,
                     p.first_name,
                     p.last_name,

@@ -3,6 +3,7 @@
 mod document;
 mod email;
 mod profile;
+mod profile_id;
 mod user_id;
 
 pub use document::{Document, DocumentKind, JsonObject};
@@ -10,6 +11,7 @@ pub use email::Email;
 pub use profile::{
     FieldChange, NewProfile, Profile, ProfileInput, ProfilePatch, ProfilePatchInput, timestamp,
 };
+pub use profile_id::ProfileId;
 pub use user_id::UserId;
 
 /// A client-supplied value that fails validation; always answered with 422.

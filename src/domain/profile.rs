@@ -2,11 +2,16 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{Email, MAX_ADDRESS_CHARS, MAX_TEXT_CHARS, UserId, ValidationError, check_text};
+use super::{
+    Email, MAX_ADDRESS_CHARS, MAX_TEXT_CHARS, ProfileId, UserId, ValidationError, check_text,
+};
 
 /// A stored profile, exactly as the API and the cache show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
 pub struct Profile {
+    /// The profile's own id, generated on create; read-only (a body that sends it is 422).
+    #[schema(value_type = String, format = Uuid, read_only)]
+    pub id: ProfileId,
     /// The owner's id (the `sub` of their tokens).
     #[schema(value_type = String, format = Uuid)]
     pub user_id: UserId,
@@ -337,6 +342,9 @@ mod tests {
         assert!(serde_json::from_str::<ProfilePatchInput>(r#"{"nope": 1}"#).is_err());
         assert!(serde_json::from_str::<ProfilePatchInput>(r#"{"last_login": null}"#).is_err());
         assert!(serde_json::from_str::<ProfileInput>(r#"{"created_at": "x"}"#).is_err());
+        let id = r#"{"id": "550e8400-e29b-41d4-a716-446655440000"}"#;
+        assert!(serde_json::from_str::<ProfileInput>(id).is_err());
+        assert!(serde_json::from_str::<ProfilePatchInput>(id).is_err());
     }
 
     #[test]

@@ -411,6 +411,7 @@ async fn batch_counts_and_write_back(
 fn profile_with_login(at: chrono::DateTime<chrono::Utc>) -> Profile {
     let now = chrono::Utc::now();
     Profile {
+        id: user_api::domain::ProfileId::random(),
         user_id: UserId::random(),
         first_name: Some("seeded".into()),
         last_name: None,

@@ -18,7 +18,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use user_api::domain::UserId;
 
-const PROFILE_FIELDS: [&str; 12] = [
+const PROFILE_FIELDS: [&str; 13] = [
+    "id",
     "user_id",
     "first_name",
     "last_name",

@@ -26,6 +26,7 @@ mod cache_race;
 mod cache_redis_client;
 mod cli;
 mod db_outage;
+mod db_takeover;
 mod events;
 mod http_edge;
 mod login_storm;
