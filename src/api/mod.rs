@@ -2,23 +2,19 @@
 //! the authentication layer and the cross-cutting layers.
 
 mod admin;
-mod admit;
 mod batch;
 mod compat;
-mod cors;
 mod documents;
 mod dto;
 mod edge;
 mod extract;
-mod layers;
+mod middleware;
 mod openapi;
 mod ops;
 mod profiles;
-mod request_id;
 pub mod routes;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -57,7 +53,7 @@ pub fn router(state: AppState) -> Router {
         .merge(documents::router())
         .merge(compat::router())
         .merge(admin::router())
-        .layer(from_fn_with_state(state.clone(), admit::admit));
+        .layer(from_fn_with_state(state.clone(), middleware::admit::admit));
     let (api, mut openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(protected)
         .merge(ops::router())
@@ -68,24 +64,5 @@ pub fn router(state: AppState) -> Router {
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
         .fallback(|| async { ApiError::NotFound("Not found") })
         .method_not_allowed_fallback(edge::method_not_allowed);
-    // Outside authentication: a preflight carries no token.
-    let api = match cors::layer(&state.config) {
-        Some(cors) => api.layer(cors),
-        None => api,
-    };
-    let api = api
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(edge::refuse_oversized_body))
-        .layer(from_fn_with_state(state.clone(), layers::bound_request));
-    // The panic catcher inside the metrics and the log line, so a panic is counted and
-    // logged as the 500 it is answered with.
-    layers::observed(api)
-        .layer(
-            tower_http::trace::TraceLayer::new_for_http()
-                .make_span_with(request_id::span_for)
-                .on_request(())
-                .on_response(()),
-        )
-        .layer(axum::middleware::from_fn(request_id::assign))
-        .with_state(state)
+    middleware::around(api, &state.config).with_state(state)
 }

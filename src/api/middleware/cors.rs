@@ -35,11 +35,11 @@ pub fn layer(config: &Config) -> Option<CorsLayer> {
             .allow_headers([
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
-                name(super::request_id::HEADER),
+                name(super::observe::REQUEST_ID),
             ])
             // What a browser script may read of an answer besides the safelisted headers.
             .expose_headers([
-                name(super::request_id::HEADER),
+                name(super::observe::REQUEST_ID),
                 header::LOCATION,
                 header::RETRY_AFTER,
                 name("x-ratelimit-limit"),

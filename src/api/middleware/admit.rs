@@ -18,8 +18,8 @@ use axum::http::{HeaderMap, Response, header};
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 
-use super::extract::Subject;
-use super::routes;
+use super::super::extract::Subject;
+use super::super::routes;
 use crate::admission::{Ask, Refusal};
 use crate::auth::{self, AuthError, Caller};
 use crate::error::ApiError;
