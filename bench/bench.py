@@ -278,14 +278,13 @@ class Bench:
             "DATABASE_URL": self.pg.url,
             "REDIS_URL": self.redis.url,
             "USER_API__JWT__DEV_KEYS_DIR": os.path.join(self.work, "keys"),
-            # Limits out of the way (this measures the service, not the limiter's verdicts);
-            # the limiter still runs its script on every request.
+            # Everything else as deployed (default logging: the `Request completed` line at
+            # info, JSON to a file). Limits out of the way (this measures the service, not
+            # the limiter's verdicts); the limiter still counts every request.
             "USER_API__RATE_LIMITS__PROFILES_READ": "1000000000",
             "USER_API__RATE_LIMITS__PROFILES_UPDATE": "1000000000",
             "USER_API__RATE_LIMITS__PROFILES_BATCH": "1000000000",
             "USER_API__RATE_LIMITS__DEFAULT": "1000000000",
-            "USER_API__SERVER__LOG_FORMAT": "json",
-            "RUST_LOG": "warn",
             "PREWARM": "0",
             # Dev keys on a real (throwaway) PostgreSQL database: meant, so say so.
             "USER_API_DEV_MODE": "1",

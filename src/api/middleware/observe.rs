@@ -7,7 +7,8 @@
 //! bodiless 408/413s, where every error of this service is a JSON `{"detail": …}`.
 //!
 //! Per request: one span holding only the request id (so every line written while the
-//! request runs carries it), one deadline timer, the counter and histogram of its
+//! request runs carries it; the `Request completed` line carries it as a field), one
+//! deadline timer, the counter and histogram of its
 //! (method, route, status), and the log line, written through the non-blocking writer.
 
 use std::collections::HashMap;
@@ -203,14 +204,13 @@ impl Drop for Completion {
     fn drop(&mut self) {
         IN_PROGRESS.decrement(1.0);
         let elapsed_ms = self.start.elapsed().as_secs_f64() * 1000.0;
-        tracing::info!(
-            request_id = self.request_id.to_str().unwrap_or("-"),
-            method = self.method.as_str(),
-            path = self.route.as_ref().map_or("unmatched", |m| m.as_str()),
-            status_code = self.status.unwrap_or(499),
-            duration_ms = (elapsed_ms * 100.0).round() / 100.0,
-            "Request completed"
-        );
+        crate::telemetry::request_completed(&crate::telemetry::Completed {
+            request_id: self.request_id.to_str().unwrap_or("-"),
+            method: self.method.as_str(),
+            path: self.route.as_ref().map_or("unmatched", |m| m.as_str()),
+            status_code: self.status.unwrap_or(499),
+            duration_ms: (elapsed_ms * 100.0).round() / 100.0,
+        });
     }
 }
 
