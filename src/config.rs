@@ -3,15 +3,15 @@
 //! (`DATABASE_URL`, `REDIS_URL`, …). Validated once, at load, naming the bad key.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::ratelimit::address::Cidr;
+use ipnet::IpNet;
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +111,18 @@ pub struct JwtConfig {
 pub struct AuthConfig {
     /// When the revocation keys cannot be read (Redis unreachable): `allow` (default,
     /// counted in `auth_revocation_unchecked_total`) or `deny` (503).
-    pub revocation_unavailable: crate::admission::RevocationUnavailable,
+    pub revocation_unavailable: RevocationUnavailable,
+}
+
+/// What to do with a request whose revocation cannot be checked (store unreachable).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevocationUnavailable {
+    /// Serve it (counted), as browsers soft-fail OCSP: access tokens are short-lived.
+    #[default]
+    Allow,
+    /// Refuse it: a store outage becomes an outage of every authenticated route.
+    Deny,
 }
 
 /// Database pool.
@@ -198,10 +209,28 @@ pub struct RateLimitConfig {
     /// Treat every peer as a trusted proxy (the client is then the right-most
     /// `X-Forwarded-For` entry not in `trusted_proxies`). Prefer `trusted_proxies`.
     pub trust_forwarded_for: bool,
-    /// `TRUSTED_PROXIES`: proxies (CIDRs) whose `X-Forwarded-For` entries are believed.
-    pub trusted_proxies: Vec<Cidr>,
+    /// `TRUSTED_PROXIES`: proxies (CIDRs or single addresses) whose `X-Forwarded-For`
+    /// entries are believed.
+    #[serde(deserialize_with = "trusted_proxies")]
+    pub trusted_proxies: Vec<IpNet>,
     /// Window length; an hour in production, shorter only in tests.
     pub window_secs: u64,
+}
+
+/// A `trusted_proxies` entry: a CIDR block (`10.0.0.0/8`) or a single address
+/// (`192.0.2.1`, as a /32 or /128), which `IpNet` alone does not read.
+pub fn parse_proxy(entry: &str) -> Result<IpNet, String> {
+    let entry = entry.trim();
+    entry
+        .parse::<IpNet>()
+        .or_else(|_| entry.parse::<IpAddr>().map(|ip| IpNet::from(ip.to_canonical())))
+        .map_err(|_| format!("`{entry}` is not an address or CIDR block (e.g. 10.0.0.0/8)"))
+}
+
+fn trusted_proxies<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    (Vec::<String>::deserialize(d)?.iter())
+        .map(|entry| parse_proxy(entry).map_err(serde::de::Error::custom))
+        .collect()
 }
 
 /// Redis client behaviour.
@@ -308,40 +337,35 @@ impl std::fmt::Debug for Config {
     }
 }
 
-/// `url` with the password of its user-info (and any `password=` query value) replaced by
-/// `***`, for logs and `Debug`: `postgres://app:***@db/x`.
-pub fn redact_url(url: &str) -> String {
-    let mut out = url.to_owned();
-    if let Some(scheme_end) = out.find("://") {
-        let rest_start = scheme_end + 3;
-        let authority_end = out[rest_start..]
-            .find(['/', '?', '#'])
-            .map_or(out.len(), |i| rest_start + i);
-        if let Some(at) = out[rest_start..authority_end].rfind('@') {
-            let userinfo = &out[rest_start..rest_start + at];
-            let redacted = match userinfo.split_once(':') {
-                Some((user, _)) => format!("{user}:***"),
-                None => "***".to_owned(),
-            };
-            out.replace_range(rest_start..rest_start + at, &redacted);
+/// `url` with the password of its user-info (and any `password=`/`pass=` query value)
+/// replaced by `***`, for logs and `Debug`: `postgres://app:***@db/x`. A user name with no
+/// password may be a token (`https://<token>@host`), so it is hidden too. What does not
+/// parse as a URL is hidden whole, since where its secret sits is unknown.
+pub fn redact_url(raw: &str) -> String {
+    const HIDDEN: &str = "***";
+    let Ok(mut url) = url::Url::parse(raw) else {
+        return HIDDEN.to_owned();
+    };
+    let secret_query = |k: &str| k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("pass");
+    let query_secret = url.query_pairs().any(|(k, _)| secret_query(&k));
+    if url.password().is_none() && url.username().is_empty() && !query_secret {
+        return raw.to_owned();
+    }
+    // Neither fails on a URL with an authority, which is the only kind with user-info.
+    if url.password().is_some() {
+        let _ = url.set_password(Some(HIDDEN));
+    } else if !url.username().is_empty() {
+        let _ = url.set_username(HIDDEN);
+    }
+    if query_secret {
+        let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        let mut query = url.query_pairs_mut();
+        query.clear();
+        for (k, v) in &pairs {
+            query.append_pair(k, if secret_query(k) { HIDDEN } else { v });
         }
     }
-    if let Some(q) = out.find('?') {
-        let (head, query) = out.split_at(q + 1);
-        let query: Vec<String> = query
-            .split('&')
-            .map(|kv| match kv.split_once('=') {
-                Some((k, _))
-                    if k.eq_ignore_ascii_case("password") || k.eq_ignore_ascii_case("pass") =>
-                {
-                    format!("{k}=***")
-                }
-                _ => kv.to_owned(),
-            })
-            .collect();
-        out = format!("{head}{}", query.join("&"));
-    }
-    out
+    url.to_string()
 }
 
 impl Default for JwtConfig {
@@ -1295,5 +1319,7 @@ mod tests {
         );
         assert_eq!(redact_url("redis://u@h/0"), "redis://***@h/0");
         assert_eq!(redact_url("sqlite://data/x.db"), "sqlite://data/x.db");
+        assert_eq!(redact_url("https://tok3n@h/x"), "https://***@h/x");
+        assert_eq!(redact_url("no url:s3cret@h"), "***");
     }
 }

@@ -63,7 +63,8 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::config::{RateLimitConfig, ServerConfig};
-use crate::ratelimit::address::{Cidr, limited_unit};
+use crate::ratelimit::address::{in_any, limited_unit};
+use ipnet::IpNet;
 
 /// Largest unread request body drained after an early answer to keep the connection.
 pub const DRAIN_MAX_BYTES: u64 = 64 * 1024;
@@ -230,7 +231,7 @@ pub struct Exempt {
     /// Every peer (`rate_limits.trust_forwarded_for`).
     pub all: bool,
     /// `rate_limits.trusted_proxies`.
-    pub proxies: Vec<Cidr>,
+    pub proxies: Vec<IpNet>,
 }
 
 impl Exempt {
@@ -243,7 +244,7 @@ impl Exempt {
     }
 
     fn covers(&self, ip: IpAddr) -> bool {
-        self.all || self.proxies.iter().any(|c| c.contains(ip))
+        self.all || in_any(&self.proxies, ip)
     }
 }
 
