@@ -22,11 +22,13 @@ pub struct JwtConfig {
     pub iss: Option<String>,
     /// `JWT_AUD`: required audience, when set.
     pub aud: Option<String>,
+    /// Clock skew allowed when checking `exp` and `nbf`, in seconds.
     pub leeway_secs: u64,
     /// How long a fetched JWKS is trusted before it is fetched again.
     pub jwks_cache_secs: u64,
     /// Shortest pause between two fetches triggered by unknown `kid`s.
     pub jwks_min_refetch_secs: u64,
+    /// Longest wait for one JWKS fetch.
     pub jwks_timeout_ms: u64,
     /// Where dev mode keeps its generated key pair.
     pub dev_keys_dir: PathBuf,
