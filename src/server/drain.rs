@@ -19,7 +19,7 @@ use tokio::sync::oneshot;
 use tower::ServiceExt;
 
 use super::DRAIN_MAX_BYTES;
-use super::watchdog::Busy;
+use super::activity::Busy;
 
 /// One request: the router's answer, then what to do about a body it left unread.
 pub(super) async fn handle(

@@ -6,9 +6,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use super::MAX_HEAD_BYTES;
-use super::watchdog::Watched;
 
 /// Measures a request head as its bytes arrive: its end is the first empty line after some
 /// content (leading empty lines are skipped, as the parser skips them).
@@ -58,18 +58,23 @@ const HEAD_TOO_LARGE: &str = r#"{"detail":"Request header fields too large: the 
 /// Most bytes read and discarded after the 431 before the connection is simply closed.
 const REFUSAL_DRAIN_MAX: usize = 1 << 20;
 
-impl Watched {
-    /// Sends the 431, half-closes, and drains; then tells hyper the stream ended (it
-    /// closes the connection without an answer of its own, its head being incomplete).
-    pub(super) fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+impl Refusal {
+    /// Sends the 431 on `socket`, half-closes, and drains; then tells hyper the stream
+    /// ended (it closes the connection without an answer of its own, its head being
+    /// incomplete).
+    pub(super) fn poll(
+        &mut self,
+        socket: &mut TcpStream,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
         let answer = format!(
             "HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n\
              connection: close\r\ncontent-length: {}\r\n\r\n{HEAD_TOO_LARGE}",
             HEAD_TOO_LARGE.len()
         );
-        let refusal = self.refusal.get_or_insert_with(Refusal::default);
+        let refusal = self;
         while refusal.written < answer.len() {
-            match Pin::new(&mut self.inner).poll_write(cx, &answer.as_bytes()[refusal.written..]) {
+            match Pin::new(&mut *socket).poll_write(cx, &answer.as_bytes()[refusal.written..]) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
                 Poll::Ready(Ok(n)) => refusal.written += n,
                 Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
@@ -77,7 +82,7 @@ impl Watched {
             }
         }
         if !refusal.shut {
-            match Pin::new(&mut self.inner).poll_shutdown(cx) {
+            match Pin::new(&mut *socket).poll_shutdown(cx) {
                 Poll::Ready(_) => refusal.shut = true,
                 Poll::Pending => return Poll::Pending,
             }
@@ -85,7 +90,7 @@ impl Watched {
         let mut sink = [0u8; 8192];
         while refusal.drained < REFUSAL_DRAIN_MAX {
             let mut scratch = ReadBuf::new(&mut sink);
-            match Pin::new(&mut self.inner).poll_read(cx, &mut scratch) {
+            match Pin::new(&mut *socket).poll_read(cx, &mut scratch) {
                 Poll::Ready(Ok(())) if !scratch.filled().is_empty() => {
                     refusal.drained += scratch.filled().len();
                 }

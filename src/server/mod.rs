@@ -35,10 +35,11 @@
 //!
 //! The parts: `accept.rs` the loop and the connection cap, `per_address.rs` the
 //! per-address cap, `descriptors.rs` the descriptor limit, `watchdog.rs` the header and
-//! idle timeouts, `head.rs` the head size, `drain.rs` early answers and unread bodies,
+//! idle timeouts (over `activity.rs`, what each connection is doing), `head.rs` the head size, `drain.rs` early answers and unread bodies,
 //! `shutdown.rs` the end of serving.
 
 mod accept;
+mod activity;
 mod descriptors;
 mod drain;
 mod head;

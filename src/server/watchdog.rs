@@ -22,65 +22,9 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::ConnLimits;
+use super::activity::{Activity, BUSY, HEAD, IDLE};
 use super::drain::handle;
 use super::head::{HeadScan, Refusal};
-
-/// Where a connection is in its life, for the watchdog.
-const HEAD: u8 = 0;
-const BUSY: u8 = 1;
-const IDLE: u8 = 2;
-
-/// Shared between a connection's socket wrapper, its requests and its watchdog.
-struct Activity {
-    epoch: Instant,
-    /// `HEAD`: reading a request head; `BUSY`: a request in flight; `IDLE`: between requests.
-    phase: AtomicU8,
-    /// When the current phase began, in ms since `epoch`.
-    since_ms: AtomicU64,
-    /// Requests (and drains) still in flight.
-    in_flight: AtomicUsize,
-    changed: Notify,
-}
-
-impl Activity {
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    fn enter(&self, phase: u8) {
-        self.since_ms.store(self.now_ms(), Ordering::Release);
-        self.phase.store(phase, Ordering::Release);
-        self.changed.notify_one();
-    }
-
-    /// Bytes arrived: an idle connection starts reading a head.
-    fn on_bytes(&self) {
-        if self.phase.load(Ordering::Acquire) == IDLE {
-            self.enter(HEAD);
-        }
-    }
-
-    /// A request head is complete: busy until the returned guard (and its clones) drop.
-    fn begin(self: &Arc<Self>) -> Busy {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.enter(BUSY);
-        Busy(Arc::new(BusyInner(self.clone())))
-    }
-}
-
-/// Keeps a connection busy (no idle or head timeout) while alive.
-#[derive(Clone)]
-pub(super) struct Busy(#[allow(dead_code)] Arc<BusyInner>);
-
-struct BusyInner(Arc<Activity>);
-
-impl Drop for BusyInner {
-    fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.enter(IDLE);
-        }
-    }
-}
 
 pub(super) async fn serve_connection(
     stream: TcpStream,
@@ -161,13 +105,20 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 /// The socket, noting when bytes arrive on an idle connection.
-pub(super) struct Watched {
-    pub(super) inner: TcpStream,
+struct Watched {
+    inner: TcpStream,
     state: Arc<Activity>,
     /// The request head being read, measured.
-    pub(super) head: HeadScan,
+    head: HeadScan,
     /// Set once the head passed [`MAX_HEAD_BYTES`]: our 431 is being sent.
-    pub(super) refusal: Option<Refusal>,
+    refusal: Option<Refusal>,
+}
+
+impl Watched {
+    /// Our 431, once the head is over the limit (see `head.rs`).
+    fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        (self.refusal.get_or_insert_with(Refusal::default)).poll(&mut self.inner, cx)
+    }
 }
 
 impl AsyncRead for Watched {
