@@ -8,9 +8,9 @@ use std::net::IpAddr;
 
 use axum::http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use user_api::config::RateLimitConfig;
+use user_api::config::{RateLimitConfig, parse_proxy};
 use user_api::domain::{Email, UserId};
-use user_api::ratelimit::address::{Cidr, MALFORMED_FORWARDING, client_ip, limited_unit};
+use user_api::ratelimit::address::{MALFORMED_FORWARDING, client_ip, limited_unit};
 
 fuzz_target!(|data: &[u8]| {
     forwarded_for(data);
@@ -26,8 +26,8 @@ fuzz_target!(|data: &[u8]| {
         assert!(Email::parse(email.as_str()).is_ok());
         assert!(!email.as_str().contains('\0'));
     }
-    if let Ok(cidr) = s.parse::<Cidr>() {
-        assert_eq!(cidr.to_string().parse::<Cidr>().unwrap(), cidr);
+    if let Ok(net) = parse_proxy(s) {
+        assert_eq!(parse_proxy(&net.to_string()).unwrap(), net);
     }
 });
 

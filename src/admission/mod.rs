@@ -24,8 +24,6 @@ pub mod revocations;
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-
 use crate::auth::Caller;
 use crate::cache::{Cache, Kind, Look};
 use crate::domain::UserId;
@@ -34,16 +32,8 @@ use crate::redis::RedisClient;
 use redis_round_trip::RoundTrip;
 use revocations::Revocations;
 
-/// What to do with a request whose revocation cannot be checked (store unreachable).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RevocationUnavailable {
-    /// Serve it (counted), as browsers soft-fail OCSP: access tokens are short-lived.
-    #[default]
-    Allow,
-    /// Refuse it: a store outage becomes an outage of every authenticated route.
-    Deny,
-}
+// The setting's type lives with the configuration, which depends on no other module.
+pub use crate::config::RevocationUnavailable;
 
 /// One request to admit.
 #[derive(Debug, Clone, Copy)]

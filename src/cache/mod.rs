@@ -77,15 +77,16 @@ pub struct CacheSettings {
 }
 
 impl CacheSettings {
-    /// Settings from the service configuration.
+    /// Settings from the service configuration, taken as they are: their bounds are
+    /// checked once, by `Config::validate` (`config/cache.rs`, `config/redis.rs`).
     pub fn from_config(config: &Config) -> Self {
         Self {
             ttl: Duration::from_secs(config.cache.ttl_secs),
             refresh_ahead: Duration::from_secs(config.cache.refresh_ahead_secs),
-            negative_ttl: Duration::from_secs(config.cache.negative_ttl_secs.min(30)),
-            jitter_percent: config.cache.jitter_percent.min(100),
-            metrics_flush: Duration::from_millis(config.redis.metrics_flush_ms.max(10)),
-            outbox_poll: Duration::from_millis(config.redis.outbox_poll_ms.max(10)),
+            negative_ttl: Duration::from_secs(config.cache.negative_ttl_secs),
+            jitter_percent: config.cache.jitter_percent,
+            metrics_flush: Duration::from_millis(config.redis.metrics_flush_ms),
+            outbox_poll: Duration::from_millis(config.redis.outbox_poll_ms),
             prewarm: config.prewarm.clone(),
         }
     }

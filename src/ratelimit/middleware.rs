@@ -1,6 +1,6 @@
-//! The HTTP side of the per-address limit: the client address, and the answer to a
-//! request that failed authentication. (The per-user layer lives with the other layers
-//! in `crate::api`, which knows the routes.)
+//! The HTTP side of the per-address limit: the answer to a request that failed
+//! authentication (the client address is [`super::address`]). The per-user layer lives
+//! with the other layers in `crate::api`, which knows the routes.
 
 use std::net::IpAddr;
 
@@ -8,9 +8,6 @@ use axum::body::Body;
 use axum::http::Response;
 
 use super::{Limiter, headers};
-
-// Moved to `super::address` (trusted proxies); re-exported for existing callers.
-pub use super::address::{client_address, limited_unit};
 
 /// The answer to a request that failed authentication, counted against its address:
 /// `unauthorized` (the 401) with the per-address headers, or a 429 once the address is

@@ -14,8 +14,9 @@
 //! limit, so their next requests are refused before any signature is checked: a
 //! token-guessing flood costs a map lookup, not an RSA verification or a Redis call.
 //!
-//! The HTTP side (headers, the axum middleware) lives in [`headers`] and [`middleware`];
-//! everything else here knows nothing of HTTP.
+//! The HTTP side is three files: [`address`] (the client address, from the peer and
+//! `X-Forwarded-For`), [`headers`] (the response headers and the 429) and [`middleware`]
+//! (the answer to a failed authentication). Everything else here knows nothing of HTTP.
 
 pub mod address;
 pub mod headers;

@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::helpers::raw_http::{Resp, read_response};
 use crate::helpers::{Backend, Role, TestApp, token};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -46,64 +47,6 @@ async fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
             Ok(Ok(0)) | Ok(Err(_)) => return true,
             // Data (a response): keep reading until EOF or the deadline.
             Ok(Ok(_)) => continue,
-        }
-    }
-}
-
-/// A response read off a keep-alive connection.
-struct Resp {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().skip(1).find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case(name)
-                .then(|| v.trim().to_owned())
-        })
-    }
-
-    fn closes(&self) -> bool {
-        self.header("connection")
-            .is_some_and(|v| v.eq_ignore_ascii_case("close"))
-    }
-}
-
-/// Reads one response (head and a Content-Length body) within `wait`.
-async fn read_response(s: &mut TcpStream, wait: Duration) -> Option<Resp> {
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&raw[..end]).into_owned();
-            let status = head.split(' ').nth(1)?.parse().ok()?;
-            let mut r = Resp {
-                status,
-                head,
-                body: Vec::new(),
-            };
-            let len: usize = r
-                .header("content-length")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            let mut body = raw[end + 4..].to_vec();
-            while body.len() < len {
-                match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-                    Ok(Ok(n)) if n > 0 => body.extend_from_slice(&buf[..n]),
-                    _ => return None,
-                }
-            }
-            r.body = body;
-            return Some(r);
-        }
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => raw.extend_from_slice(&buf[..n]),
-            _ => return None,
         }
     }
 }

@@ -422,7 +422,7 @@ async fn failed_authentication_is_limited_per_address() {
 
     let mut conn = connect(&crate::helpers::redis_url()).await;
     // IPv6 addresses are limited per /64.
-    let ip = user_api::ratelimit::middleware::limited_unit(addr.parse().unwrap());
+    let ip = user_api::ratelimit::address::limited_unit(addr.parse().unwrap());
     let key = Window::current(3600).address_key(ip);
     let count: i64 = conn.get(&key).await.unwrap();
     assert_eq!(

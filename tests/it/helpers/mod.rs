@@ -2,10 +2,11 @@
 //! database, real tokens, real HTTP. A test starts its service with
 //! [`TestApp::builder`], the one way to configure one; [`db`], [`redis`] and
 //! [`ratelimit`] hold the databases, Redis servers and proxies, and the suite-specific
-//! checks.
+//! checks; [`raw_http`] is the raw HTTP/1.1 client and response reader.
 
 pub mod db;
 pub mod ratelimit;
+pub mod raw_http;
 pub mod redis;
 
 use std::path::PathBuf;
