@@ -22,23 +22,48 @@ pub(super) struct HeadScan {
 
 impl HeadScan {
     /// Feeds bytes read; false once the head is over [`MAX_HEAD_BYTES`] and not complete.
+    /// Looks only at the line ends (`memchr`), not at every byte: this runs on every read
+    /// of every request.
     pub(super) fn feed(&mut self, bytes: &[u8]) -> bool {
-        for &b in bytes {
-            if self.done {
-                return true;
-            }
-            self.len += 1;
-            if b == b'\n' && self.content && (self.last[1] == b'\n' || self.last == *b"\n\r") {
-                self.done = true;
-            } else if b != b'\r' && b != b'\n' {
-                self.content = true;
-            }
-            self.last = [self.last[1], b];
-            if !self.done && self.len >= MAX_HEAD_BYTES {
-                return false;
+        if self.done {
+            return true;
+        }
+        let mut from = 0;
+        if !self.content {
+            // Empty lines before the request line are not the end of a head.
+            match bytes.iter().position(|&b| b != b'\r' && b != b'\n') {
+                Some(p) => {
+                    self.content = true;
+                    from = p;
+                }
+                None => return self.count(bytes),
             }
         }
-        true
+        for i in memchr::memchr_iter(b'\n', &bytes[from..]).map(|i| i + from) {
+            let prev1 = if i >= 1 { bytes[i - 1] } else { self.last[1] };
+            let prev2 = match i {
+                0 => self.last[0],
+                1 => self.last[1],
+                _ => bytes[i - 2],
+            };
+            if prev1 == b'\n' || (prev1 == b'\r' && prev2 == b'\n') {
+                self.done = true;
+                self.len += i + 1;
+                return self.len <= MAX_HEAD_BYTES;
+            }
+        }
+        self.count(bytes)
+    }
+
+    /// Counts bytes that do not end the head.
+    fn count(&mut self, bytes: &[u8]) -> bool {
+        self.len += bytes.len();
+        match bytes {
+            [] => {}
+            [b] => self.last = [self.last[1], *b],
+            [.., a, b] => self.last = [*a, *b],
+        }
+        self.len < MAX_HEAD_BYTES
     }
 }
 
@@ -107,6 +132,57 @@ impl Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The byte-at-a-time scan the line-end search replaced: the reference it must equal.
+    fn reference(bytes: &[u8], chunk: usize) -> (bool, bool, usize) {
+        let (mut len, mut content, mut last, mut done) = (0usize, false, [0u8; 2], false);
+        for piece in bytes.chunks(chunk.max(1)) {
+            for &b in piece {
+                if done {
+                    break;
+                }
+                len += 1;
+                if b == b'\n' && content && (last[1] == b'\n' || last == *b"\n\r") {
+                    done = true;
+                } else if b != b'\r' && b != b'\n' {
+                    content = true;
+                }
+                last = [last[1], b];
+                if !done && len >= MAX_HEAD_BYTES {
+                    return (false, done, len);
+                }
+            }
+        }
+        (true, done, len)
+    }
+
+    #[test]
+    fn the_line_end_search_equals_the_byte_scan() {
+        // Heads made of the bytes that matter (CR, LF, a letter), cut anywhere.
+        let alphabet = [b'\r', b'\n', b'a'];
+        for seed in 0..20_000u64 {
+            let mut x = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let mut next = || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            let n = (next() % 24) as usize;
+            let text: Vec<u8> = (0..n).map(|_| alphabet[(next() % 3) as usize]).collect();
+            let chunk = 1 + (next() % 5) as usize;
+            let mut scan = HeadScan::default();
+            let fits = text.chunks(chunk).all(|c| scan.feed(c));
+            let expect = reference(&text, chunk);
+            assert_eq!(
+                (fits, scan.done, scan.len),
+                expect,
+                "{text:?} in chunks of {chunk}"
+            );
+        }
+    }
 
     #[test]
     fn a_head_is_measured_to_its_first_empty_line() {
