@@ -327,7 +327,9 @@ The stack is up (state in $S).
 Mint a token (signed with the stack's key; prints ID=... and TOKEN=...):
   eval "\$(scripts/stack.sh token)"            # a new user id, role user
   scripts/stack.sh token --sub <uuid> --role admin
-Then: scripts/stack.sh status | logs | down
+The fake auth service (user events, tokens with a jti, blacklist keys; docs/stack.md):
+  scripts/stack.sh auth create|update|login|logout|deactivate|reactivate|listen …
+Then: scripts/stack.sh status | logs | stop-instance N | start-instance N | down
 EOF
 }
 
