@@ -19,12 +19,14 @@ needs nothing beyond python3.
 
 import asyncio
 import json
+import os
 import random
 import subprocess
 import time
 from collections import Counter
 
-STACK_DIR = "/tmp/user-api-stack"
+# The same default and override as scripts/stack.sh.
+STACK_DIR = os.environ.get("STACK_DIR", "/tmp/user-api-stack")
 
 
 def read_ports(stack_dir=STACK_DIR):

@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
-# A production-shaped stack on one machine (README "A production-shaped stack").
+# A production-shaped stack on one machine (docs/stack.md).
 #
 #   scripts/stack.sh up       start everything, print the URL, the ports and how to mint a token
 #   scripts/stack.sh status   every process, the Redis Cluster state and /ready of each instance
 #   scripts/stack.sh logs     tail -f the instances' JSON logs
 #   scripts/stack.sh down     stop everything it started and remove its directory
+#   scripts/stack.sh auth …   the fake auth service (scripts/fake_auth.py): user events, tokens
+#                             with a jti, blacklist keys
+#   scripts/stack.sh start-instance N / stop-instance N [SIGNAL]   restart or stop one instance
 #
-# Internal, used by scripts/faults.py: start-instance N, stop-instance N [SIGNAL],
-# start-jwks, stop-jwks, start-redis N, pg-restart, token [--sub ID] [--role R].
+# Also used by scripts/faults.py: start-jwks, stop-jwks, start-redis N, pg-restart,
+# token [--sub ID] [--role R].
 #
 # What runs (as root on Debian; nginx, postgresql and redis-server installed with apt-get
 # when missing), all on 127.0.0.1 and on free ports chosen at `up`:
 #   - PostgreSQL 15: a throwaway cluster (initdb as the `postgres` user), database `userapi`;
 #   - a Redis Cluster of 3 masters with one replica each (6 redis-server, no persistence);
 #   - a JWKS server (python3 -m http.server) serving jwks.json for a key pair made here;
-#   - three release `user-api` instances (JWKS_URL over http with jwt.jwks_allow_http,
+#   - three release `user-api` instances (JWKS_URL over plain http, allowed for 127.0.0.1,
 #     REDIS_CLUSTER_URLS, DATABASE_URL, TRUSTED_PROXIES=127.0.0.1/32, JSON logs to files);
-#   - nginx as the round-robin load balancer, adding X-Forwarded-For and X-Request-Id.
+#   - nginx as the round-robin load balancer, adding X-Forwarded-For and X-Request-Id and
+#     writing that request id in its access log.
 # State lives in $STACK_DIR (default /tmp/user-api-stack): ports.env, pid files, logs,
 # data directories, the key pair and copies of the binaries.
 #
@@ -217,12 +221,11 @@ write_instance_env() {
     echo "DATABASE_URL=postgres://postgres@127.0.0.1:$PG_PORT/userapi"
     echo "REDIS_CLUSTER_URLS=$(IFS=,; echo "${urls[*]}")"
     echo "JWKS_URL=http://127.0.0.1:$JWKS_PORT/jwks.json"
-    echo "USER_API__JWT__JWKS_ALLOW_HTTP=true"
     echo "TRUSTED_PROXIES=127.0.0.1/32"
     echo "USER_API__SERVER__LOG_FORMAT=json"
     echo "RUST_LOG=${RUST_LOG:-info}"
     # Caller's overrides (limits, TTLs, ...), quoted for the shell.
-    env | grep -E '^USER_API__[A-Z0-9_]+=' | grep -vE '^USER_API__(JWT__JWKS_ALLOW_HTTP|SERVER__LOG_FORMAT|JWT__DEV_KEYS_DIR)=' \
+    env | grep -E '^USER_API__[A-Z0-9_]+=' | grep -vE '^USER_API__(SERVER__LOG_FORMAT|JWT__DEV_KEYS_DIR)=' \
       | while IFS='=' read -r k val; do printf '%s=%q\n' "$k" "$val"; done || true
     [ -n "${PREWARM:-}" ] && echo "PREWARM=$PREWARM"
     [ -n "${RATE_LIMIT_FAIL:-}" ] && echo "RATE_LIMIT_FAIL=$RATE_LIMIT_FAIL"
@@ -239,14 +242,19 @@ pid $S/nginx/nginx.pid;
 error_log $S/nginx/logs/error.log warn;
 events { worker_connections 1024; }
 http {
-  access_log $S/nginx/logs/access.log;
+  # The client's X-Request-Id when it sent one, else nginx's own \$request_id.
+  map \$http_x_request_id \$req_id { default \$http_x_request_id; "" \$request_id; }
+  # The request id nginx passes upstream is in every access log line (rid=), so one id can
+  # be followed from here into the instance's "Request completed" line.
+  log_format stack '\$remote_addr [\$time_iso8601] "\$request" \$status \$body_bytes_sent '
+                   'rid=\$req_id upstream=\$upstream_addr upstream_status=\$upstream_status '
+                   'rt=\$request_time urt=\$upstream_response_time';
+  access_log $S/nginx/logs/access.log stack;
   client_body_temp_path $S/nginx/tmp/body;
   proxy_temp_path $S/nginx/tmp/proxy;
   fastcgi_temp_path $S/nginx/tmp/fastcgi;
   uwsgi_temp_path $S/nginx/tmp/uwsgi;
   scgi_temp_path $S/nginx/tmp/scgi;
-  # The client's X-Request-Id when it sent one, else nginx's own \$request_id.
-  map \$http_x_request_id \$req_id { default \$http_x_request_id; "" \$request_id; }
   upstream user_api {
     server 127.0.0.1:$API_PORT_1;
     server 127.0.0.1:$API_PORT_2;
@@ -282,8 +290,14 @@ cmd_up() {
   need_tools
   local target=${CARGO_TARGET_DIR:-$REPO/target}
   local bin=$target/release/user-api
-  [ -x "$bin" ] || { log "cargo build --release"; cargo build --release --quiet --bin user-api --example mint; }
-  [ -x "$target/release/examples/mint" ] || cargo build --release --quiet --example mint
+  # Always through cargo when there is one (a no-op when up to date), so a stale binary
+  # left in the target directory is never what the stack runs.
+  if command -v cargo >/dev/null 2>&1; then
+    log "cargo build --release (target $target)"
+    cargo build --release --quiet --bin user-api --example mint
+  fi
+  [ -x "$bin" ] && [ -x "$target/release/examples/mint" ] \
+    || die "no $bin or $target/release/examples/mint (and no cargo to build them)"
   mkdir -p "$S/bin" "$S/logs"
   chmod 755 "$S"
   cp "$bin" "$target/release/examples/mint" "$S/bin/"
@@ -313,7 +327,9 @@ The stack is up (state in $S).
 Mint a token (signed with the stack's key; prints ID=... and TOKEN=...):
   eval "\$(scripts/stack.sh token)"            # a new user id, role user
   scripts/stack.sh token --sub <uuid> --role admin
-Then: scripts/stack.sh status | logs | down
+The fake auth service (user events, tokens with a jti, blacklist keys; docs/stack.md):
+  scripts/stack.sh auth create|update|login|logout|deactivate|reactivate|listen …
+Then: scripts/stack.sh status | logs | stop-instance N | start-instance N | down
 EOF
 }
 
@@ -359,34 +375,63 @@ cmd_logs() {
   exec tail -n "${LINES:-20}" -F "$S"/logs/api-*.log
 }
 
+# The ports recorded in ports.env (and the Redis nodes' cluster bus ports), one per line.
+recorded_ports() {
+  [ -f "$S/ports.env" ] || return 0
+  local k v
+  while IFS='=' read -r k v; do
+    [ -n "$v" ] || continue
+    echo "$v"
+    case $k in REDIS_PORT_*) echo $((v + 10000)) ;; esac
+  done <"$S/ports.env"
+}
+
+listening() { # port: something accepts connections on 127.0.0.1:port
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# What is still there of the stack: its recorded pids alive, its ports taken, or a process
+# whose command line names $S. Prints one line each; nothing when all is gone.
+leftovers() { # pid...
+  local pid port
+  for pid in "$@"; do kill -0 "$pid" 2>/dev/null && echo "pid $pid: $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)"; done
+  for port in $(recorded_ports); do listening "$port" && echo "port $port still accepts connections"; done
+  pgrep -af -- "$S" 2>/dev/null | grep -v "^$$ " || true
+}
+
 cmd_down() {
   if [ ! -d "$S" ]; then log "nothing to stop ($S does not exist)"; return 0; fi
-  local i
+  local i pids=() f
+  # Every pid the stack recorded, taken before stopping anything (the pid files go with it).
+  for f in "$S/nginx/nginx.pid" "$S/jwks.pid" "$S"/api-*.pid "$S"/redis/*/redis.pid "$S/pg/data/postmaster.pid"; do
+    [ -f "$f" ] && pids+=("$(head -1 "$f")")
+  done
   if [ -f "$S/nginx/nginx.pid" ]; then
     nginx -p "$S/nginx" -c "$S/nginx/nginx.conf" -s quit 2>/dev/null || kill "$(cat "$S/nginx/nginx.pid")" 2>/dev/null || true
   fi
   for i in $(seq 1 $INSTANCES); do stop_instance "$i" TERM; done
   if [ -f "$S/jwks.pid" ]; then kill "$(cat "$S/jwks.pid")" 2>/dev/null || true; fi
-  local redis_pids=()
   for i in $(seq 1 $REDIS_NODES); do
-    if alive "$S/redis/$i/redis.pid"; then
-      redis_pids+=("$(cat "$S/redis/$i/redis.pid")")
-      kill "${redis_pids[-1]}" 2>/dev/null || true
-    fi
+    if alive "$S/redis/$i/redis.pid"; then kill "$(cat "$S/redis/$i/redis.pid")" 2>/dev/null || true; fi
   done
   if [ -f "$S/pg/data/postmaster.pid" ]; then
     runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$S/pg/data" -m fast -w stop >/dev/null 2>&1 || true
   fi
-  # Wait for every process started from $S to be gone, then remove the directory.
-  local end=$((SECONDS + 20))
-  # (redis-server renames itself "redis-server 127.0.0.1:<port>": waited for by pid.)
-  while { pgrep -f -- "$S" >/dev/null 2>&1 || { [ ${#redis_pids[@]} -gt 0 ] && kill -0 "${redis_pids[@]}" 2>/dev/null; }; } \
-    && [ $SECONDS -lt $end ]; do sleep 0.2; done
-  if pgrep -f -- "$S" >/dev/null 2>&1; then
-    log "still running after 20 s:"; pgrep -af -- "$S" >&2 || true
+  # Wait for the recorded pids to exit and the recorded ports to close (redis-server renames
+  # itself "redis-server 127.0.0.1:<port>", so its command line does not name $S).
+  local end=$((SECONDS + 20)) left
+  while left=$(leftovers "${pids[@]}") && [ -n "$left" ] && [ $SECONDS -lt $end ]; do sleep 0.2; done
+  if [ -n "$left" ]; then
+    log "still there after 20 s:"; printf '%s\n' "$left" >&2
   fi
+  local nports; nports=$(recorded_ports | wc -l)
   rm -rf "$S"
-  log "down: nothing left under $S"
+  if [ -z "$left" ]; then
+    log "down: ${#pids[@]} recorded processes gone, $nports recorded ports closed, $S removed"
+  else
+    log "down: $S removed, but the processes above are left"
+    return 1
+  fi
 }
 
 case "${1:-}" in
@@ -401,5 +446,6 @@ case "${1:-}" in
   stop-jwks) stop_jwks ;;
   start-redis) load_ports; redis_start_node "$2" ;;
   pg-restart) pg_restart ;;
-  *) echo "usage: scripts/stack.sh up|down|status|logs (token|start-instance N|stop-instance N [SIG]|start-jwks|stop-jwks|start-redis N|pg-restart)" >&2; exit 2 ;;
+  auth) shift; load_ports; exec python3 "$REPO/scripts/fake_auth.py" --stack-dir "$S" "$@" ;;
+  *) echo "usage: scripts/stack.sh up|down|status|logs|auth …|start-instance N|stop-instance N [SIG] (token|start-jwks|stop-jwks|start-redis N|pg-restart)" >&2; exit 2 ;;
 esac
