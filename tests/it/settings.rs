@@ -92,7 +92,7 @@ fn at(config: &Config, key: &str) -> Value {
 }
 
 #[test]
-fn the_variable_table_is_the_readme_table() {
+fn the_variable_table_is_the_documented_table() {
     let documented: BTreeSet<String> = readme_variables().into_iter().map(|(n, _)| n).collect();
     let table: BTreeSet<String> = ENV_VARS.iter().map(|v| v.name.to_owned()).collect();
     assert_eq!(
