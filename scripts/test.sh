@@ -170,10 +170,10 @@ if cargo nextest --version >/dev/null 2>&1; then
     cargo test --doc
   fi
   phase "tests" "tests (cargo nextest run; building them takes minutes the first time)"
-  if [ -n "$ignored" ]; then log "skipped on purpose (#[ignore]d timings, see README): $ignored; run them with: scripts/test.sh --run-ignored only <name>"; fi
+  if [ -n "$ignored" ]; then log "skipped on purpose (#[ignore]d timings, see docs/testing.md): $ignored; run them with: scripts/test.sh --run-ignored only <name>"; fi
   cargo nextest run --no-fail-fast "$@"
 else
   phase "tests" "tests (cargo test; building them takes minutes the first time)"
-  if [ -n "$ignored" ]; then log "ignored on purpose (#[ignore]d timings, see README): $ignored; run them with: scripts/test.sh -- --ignored <name>"; fi
+  if [ -n "$ignored" ]; then log "ignored on purpose (#[ignore]d timings, see docs/testing.md): $ignored; run them with: scripts/test.sh -- --ignored <name>"; fi
   cargo test --no-fail-fast "$@"
 fi

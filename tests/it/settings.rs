@@ -1,8 +1,8 @@
 //! The one rule for settings (issue 17), over every documented variable from one table
-//! (`user_api::config::ENV_VARS`, which must list exactly the README's variables) and over
+//! (`user_api::config::ENV_VARS`, which must list exactly docs/configuration.md's variables) and over
 //! every configuration key's `USER_API__<TABLE>__<KEY>` form:
 //!
-//! - set but empty or blank is an error that names the variable, unless the README says
+//! - set but empty or blank is an error that names the variable, unless the docs say
 //!   what empty means for it;
 //! - booleans accept exactly true/false/1/0/yes/no/on/off (any case), nothing else.
 //!
@@ -20,16 +20,15 @@ const TRUE_WORDS: [&str; 6] = ["true", "1", "yes", "on", "TRUE", "Yes"];
 const FALSE_WORDS: [&str; 6] = ["false", "0", "no", "off", "False", "OFF"];
 const NOT_BOOLEANS: [&str; 8] = ["disabled", "enabled", "2", "-1", "y", "n", "truee", "none"];
 
-/// The README's configuration table: every variable it names, with its row.
+/// The documented variable table (docs/configuration.md): every variable it names, with its row.
 fn readme_variables() -> Vec<(String, String)> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README.md");
-    let section = readme
-        .split("\n## Configuration\n")
-        .nth(1)
-        .expect("a Configuration section");
+    let page = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .expect("docs/configuration.md");
     let mut out = Vec::new();
-    for line in section
+    for line in page
         .lines()
         .skip_while(|l| !l.starts_with("| variable"))
         .skip(2)
@@ -40,7 +39,10 @@ fn readme_variables() -> Vec<(String, String)> {
             out.push((name.to_owned(), line.to_owned()));
         }
     }
-    assert!(!out.is_empty(), "no variable table found in the README");
+    assert!(
+        !out.is_empty(),
+        "no variable table found in docs/configuration.md"
+    );
     out
 }
 
@@ -90,12 +92,12 @@ fn at(config: &Config, key: &str) -> Value {
 }
 
 #[test]
-fn the_variable_table_is_the_readme_table() {
+fn the_variable_table_is_the_documented_table() {
     let documented: BTreeSet<String> = readme_variables().into_iter().map(|(n, _)| n).collect();
     let table: BTreeSet<String> = ENV_VARS.iter().map(|v| v.name.to_owned()).collect();
     assert_eq!(
         documented, table,
-        "README's Configuration table and config::ENV_VARS must list the same variables"
+        "docs/configuration.md's variable table and config::ENV_VARS must list the same variables"
     );
 }
 
@@ -121,7 +123,7 @@ fn every_documented_variable_set_but_blank_fails_naming_it_unless_documented() {
                     let (_, row) = readme.iter().find(|(n, _)| n == var.name).unwrap();
                     assert!(
                         row.contains("empty") && row.contains(meaning),
-                        "{}: the README must say that empty means {meaning:?}: {row}",
+                        "{}: docs/configuration.md must say that empty means {meaning:?}: {row}",
                         var.name
                     );
                 }
