@@ -210,7 +210,7 @@ pub fn delete_document(kind: DocumentKind) -> &'static str {
 mod tests {
     use super::*;
 
-    /// The `$n` a statement names, in order of first appearance.
+    /// The `$n` a statement names, each once, in increasing order.
     fn placeholders(sql: &str) -> Vec<usize> {
         let mut seen = Vec::new();
         for part in sql.split('$').skip(1) {
@@ -220,6 +220,7 @@ mod tests {
                 seen.push(n);
             }
         }
+        seen.sort_unstable();
         seen
     }
 
