@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command that runs every test: provisions PostgreSQL and Redis, then runs
-# rustfmt, clippy, schemathesis (scripts/schemathesis.sh; SKIP_SCHEMATHESIS=1 skips it)
-# and the whole test suite against them.
+# rustfmt, clippy, a check that the fuzz targets compile, schemathesis
+# (scripts/schemathesis.sh; SKIP_SCHEMATHESIS=1 skips it) and the whole test suite against them.
 #
 # Servers, in order of preference:
 #   1. the ones named by DATABASE_URL (postgres://…) and REDIS_URL;
@@ -149,6 +149,12 @@ phase "cargo fmt --check"
 cargo fmt --all -- --check
 phase "cargo clippy" "cargo clippy --all-targets (a first run compiles every dependency: minutes)"
 cargo clippy --all-targets -- -D warnings
+# The fuzz targets are a crate of their own (fuzz/, see docs/fuzzing.md) that nothing else
+# builds: check that they still compile (stable is enough to check; running them needs
+# nightly), in a target directory of their own so the service's builds are not disturbed.
+phase "fuzz targets" "cargo check --bins in fuzz/ (a first run compiles its dependencies: minutes)"
+fuzz_target_dir="$(realpath -m "${CARGO_TARGET_DIR:-target}")/fuzz"
+(cd fuzz && CARGO_TARGET_DIR="$fuzz_target_dir" cargo check --bins)
 
 # Ignored tests show as "skipped" in the summary; say which and how to run them.
 ignored=$(awk '/^[[:space:]]*#\[ignore/ { ig = 1; next }

@@ -3,12 +3,12 @@
 //! Every address, phone number and domain is of a kind reserved for fiction or
 //! documentation (`example.*` domains, 555-01xx numbers), so seeded data cannot reach anyone.
 
-use chrono::{DateTime, NaiveDate, SubsecRound, TimeDelta, Utc};
+use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use rand::RngExt;
 use rand::seq::IndexedRandom;
 
 use crate::db::{DbError, ProfileRepo};
-use crate::domain::{Email, Profile, ProfileId, UserId};
+use crate::domain::{Fake, FakeSource, FieldSpec, NewProfile, Profile, ProfileId, UserId};
 
 /// Profiles generated and inserted per round trip: big enough to amortize the round trip,
 /// small enough to keep memory flat for millions of rows.
@@ -152,62 +152,134 @@ fn pick<'a, T>(rng: &mut impl rand::Rng, items: &'a [T], fallback: &'a T) -> &'a
     items.choose(rng).unwrap_or(fallback)
 }
 
+/// One made-up person, from which every field of their profile is drawn ([`Fake`]).
+struct Persona<'r, R> {
+    rng: &'r mut R,
+    user_id: UserId,
+    /// Index in the run: keeps e-mail addresses unique within it.
+    index: usize,
+    japanese: bool,
+    first: (&'static str, &'static str),
+    last: (&'static str, &'static str),
+}
+
+impl<R: rand::Rng> Persona<'_, R> {
+    fn phone(&mut self) -> String {
+        let rng = &mut *self.rng;
+        if self.japanese {
+            format!(
+                "0{}0-{:04}-{:04}",
+                rng.random_range(7..=9),
+                rng.random_range(0..10_000),
+                rng.random_range(0..10_000)
+            )
+        } else {
+            // 555-0100..0199 is reserved for fiction.
+            format!(
+                "+1-{}-555-01{:02}",
+                rng.random_range(201..990),
+                rng.random_range(0..100)
+            )
+        }
+    }
+
+    fn address(&mut self) -> String {
+        let rng = &mut *self.rng;
+        if self.japanese {
+            format!(
+                "{}{}-{}-{}",
+                pick(rng, JA_PLACES, &"東京都千代田区丸の内"),
+                rng.random_range(1..=5),
+                rng.random_range(1..=30),
+                rng.random_range(1..=20)
+            )
+        } else {
+            format!(
+                "{} {}, {}",
+                rng.random_range(1..400),
+                pick(rng, LATIN_STREETS, &"Main Street"),
+                pick(rng, LATIN_CITIES, &"Springfield, IL 62704, USA")
+            )
+        }
+    }
+
+    fn email(&mut self) -> String {
+        // The index keeps addresses unique within a run; the id fragment across runs.
+        let simple = self.user_id.as_uuid().simple().to_string();
+        format!(
+            "{}.{}.{}.{}@{}",
+            self.first.1,
+            self.last.1,
+            self.index,
+            simple.get(..8).unwrap_or(&simple),
+            pick(self.rng, DOMAINS, &"example.com")
+        )
+    }
+
+    fn past_date(&mut self) -> String {
+        let rng = &mut *self.rng;
+        format!(
+            "{:04}-{:02}-{:02}",
+            rng.random_range(1950..=2007),
+            rng.random_range(1..=12),
+            rng.random_range(1..=28)
+        )
+    }
+
+    fn word(&mut self) -> String {
+        let syllables = ["ka", "ri", "mo", "to", "na", "se", "lu", "vi", "ra", "po"];
+        let n = self.rng.random_range(2..=4);
+        (0..n).map(|_| *pick(self.rng, &syllables, &"ka")).collect()
+    }
+
+    /// True with probability `p`.
+    fn odds(&mut self, p: f64) -> bool {
+        self.rng.random_bool(p)
+    }
+}
+
+impl<R: rand::Rng> FakeSource for Persona<'_, R> {
+    fn fake(&mut self, spec: &'static FieldSpec) -> Option<String> {
+        let (first, last) = (self.first.0, self.last.0);
+        match spec.fake {
+            Fake::GivenName => Some(first.to_owned()),
+            Fake::FamilyName => Some(last.to_owned()),
+            // Family name first, no space, as written in Japanese.
+            Fake::FullName if self.japanese => Some(format!("{last}{first}")),
+            Fake::FullName => Some(format!("{first} {last}")),
+            // Some fields are left empty, as real profiles leave them.
+            Fake::Email => (!self.odds(0.05)).then(|| self.email()),
+            Fake::Phone => (!self.odds(0.1)).then(|| self.phone()),
+            Fake::Address => (!self.odds(0.15)).then(|| self.address()),
+            Fake::PastDate => (!self.odds(0.1)).then(|| self.past_date()),
+            Fake::Word => (!self.odds(0.1)).then(|| self.word()),
+        }
+    }
+}
+
 fn fake_profile(rng: &mut impl rand::Rng, now: DateTime<Utc>, i: usize) -> Profile {
     let user_id = UserId::random();
     let japanese = rng.random_bool(0.5);
-    let (first, last, name, first_ascii, last_ascii, phone, address);
-    if japanese {
-        let f = pick(rng, JA_FIRST, &("太郎", "taro"));
-        let l = pick(rng, JA_LAST, &("山田", "yamada"));
-        (first, first_ascii) = (f.0, f.1);
-        (last, last_ascii) = (l.0, l.1);
-        // Family name first, no space, as written in Japanese.
-        name = format!("{last}{first}");
-        phone = format!(
-            "0{}0-{:04}-{:04}",
-            rng.random_range(7..=9),
-            rng.random_range(0..10_000),
-            rng.random_range(0..10_000)
-        );
-        address = format!(
-            "{}{}-{}-{}",
-            pick(rng, JA_PLACES, &"東京都千代田区丸の内"),
-            rng.random_range(1..=5),
-            rng.random_range(1..=30),
-            rng.random_range(1..=20)
-        );
+    let (first, last) = if japanese {
+        (
+            *pick(rng, JA_FIRST, &("太郎", "taro")),
+            *pick(rng, JA_LAST, &("山田", "yamada")),
+        )
     } else {
-        let f = pick(rng, LATIN_FIRST, &("Emma", "emma"));
-        let l = pick(rng, LATIN_LAST, &("Smith", "smith"));
-        (first, first_ascii) = (f.0, f.1);
-        (last, last_ascii) = (l.0, l.1);
-        name = format!("{first} {last}");
-        // 555-0100..0199 is reserved for fiction.
-        phone = format!(
-            "+1-{}-555-01{:02}",
-            rng.random_range(201..990),
-            rng.random_range(0..100)
-        );
-        address = format!(
-            "{} {}, {}",
-            rng.random_range(1..400),
-            pick(rng, LATIN_STREETS, &"Main Street"),
-            pick(rng, LATIN_CITIES, &"Springfield, IL 62704, USA")
-        );
-    }
-    // The index keeps addresses unique within a run; the id fragment across runs.
-    let simple = user_id.as_uuid().simple().to_string();
-    let email = format!(
-        "{first_ascii}.{last_ascii}.{i}.{}@{}",
-        simple.get(..8).unwrap_or(&simple),
-        pick(rng, DOMAINS, &"example.com")
-    );
+        (
+            *pick(rng, LATIN_FIRST, &("Emma", "emma")),
+            *pick(rng, LATIN_LAST, &("Smith", "smith")),
+        )
+    };
+    let fields = NewProfile::fake(&mut Persona {
+        rng: &mut *rng,
+        user_id,
+        index: i,
+        japanese,
+        first,
+        last,
+    });
 
-    let date_of_birth = NaiveDate::from_ymd_opt(
-        rng.random_range(1950..=2007),
-        rng.random_range(1..=12),
-        rng.random_range(1..=28),
-    );
     let created_at = now - TimeDelta::seconds(rng.random_range(30 * 86_400..3 * 365 * 86_400));
     let age = (now - created_at).num_seconds().max(1);
     let updated_at = created_at + TimeDelta::seconds(rng.random_range(0..age));
@@ -223,20 +295,9 @@ fn fake_profile(rng: &mut impl rand::Rng, now: DateTime<Utc>, i: usize) -> Profi
     };
 
     Profile {
-        id: ProfileId::random(),
-        user_id,
-        first_name: Some(first.to_owned()),
-        last_name: Some(last.to_owned()),
-        name: Some(name),
-        email: (!rng.random_bool(0.05))
-            .then(|| Email::parse(&email).ok())
-            .flatten(),
-        phone: (!rng.random_bool(0.1)).then_some(phone),
-        address: (!rng.random_bool(0.15)).then_some(address),
-        date_of_birth: date_of_birth.filter(|_| !rng.random_bool(0.1)),
         last_login,
-        created_at,
         updated_at,
+        ..Profile::from_new(ProfileId::random(), user_id, fields, created_at)
     }
 }
 
@@ -288,6 +349,15 @@ mod tests {
             ps.iter()
                 .any(|p| p.name.as_deref().is_some_and(|n| n.is_ascii()))
         );
+        // Every field of the list is filled in some profile.
+        let json: Vec<serde_json::Value> = ps.iter().map(|p| serde_json::json!(p)).collect();
+        for f in crate::domain::FIELDS {
+            assert!(
+                json.iter().any(|p| !p[f.name].is_null()),
+                "{} never seeded",
+                f.name
+            );
+        }
         for p in &ps {
             assert!(p.created_at <= p.updated_at && p.updated_at <= now);
             if let Some(t) = p.last_login {

@@ -28,20 +28,12 @@ fuzz_target!(|data: &[u8]| {
         within(&p.address, MAX_ADDRESS_CHARS);
         // The cache stores the full profile as JSON; it must read back as it was.
         let at = Utc.timestamp_opt(1_700_000_000, 123_456_000).unwrap();
-        let profile = Profile {
-            id: ProfileId::random(),
-            user_id: id.unwrap_or_else(UserId::random),
-            first_name: p.first_name,
-            last_name: p.last_name,
-            name: p.name,
-            email: p.email,
-            phone: p.phone,
-            address: p.address,
-            date_of_birth: p.date_of_birth,
-            last_login: None,
-            created_at: at,
-            updated_at: at,
-        };
+        let profile = Profile::from_new(
+            ProfileId::random(),
+            id.unwrap_or_else(UserId::random),
+            p,
+            at,
+        );
         let text = serde_json::to_string(&profile).expect("serializes");
         let back: Profile = serde_json::from_str(&text).expect("parses back");
         assert_eq!(back, profile);

@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
     let s = state();
     if let Ok(text) = std::str::from_utf8(data) {
         // As an Authorization header value.
-        if let Ok(token) = auth::bearer_token(text) {
+        if let Ok(token) = auth::parse_authorization(text) {
             assert!(!token.is_empty() && text.contains(token));
         }
         // As a token: forging one needs the private key.

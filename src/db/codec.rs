@@ -4,7 +4,7 @@
 //! | value | PostgreSQL | SQLite (see `migrations/sqlite`) |
 //! | --- | --- | --- |
 //! | [`UserId`], [`ProfileId`] | `uuid` | lowercase hyphenated text |
-//! | [`Email`] | `text` | `TEXT` |
+//! | [`Email`] | `text` (arrays: `text[]`) | `TEXT` |
 //! | [`DbTime`] (written) | `timestamptz` | fixed-width RFC 3339 UTC text, `…SS.ffffffZ`, so text order is time order |
 //! | `DateTime<Utc>` (read) | `timestamptz` | any RFC 3339 text (sqlx) |
 //! | `NaiveDate` | `date` | `YYYY-MM-DD` (sqlx) |
@@ -133,5 +133,23 @@ where
 {
     fn decode(value: DB::ValueRef<'r>) -> Result<Self, BoxDynError> {
         Ok(Email::from_stored(String::decode(value)?))
+    }
+}
+
+impl<'q, DB: Database> Encode<'q, DB> for Email
+where
+    for<'a> &'a str: Encode<'q, DB>,
+{
+    fn encode_by_ref(
+        &self,
+        buf: &mut <DB as Database>::ArgumentBuffer,
+    ) -> Result<IsNull, BoxDynError> {
+        self.as_str().encode_by_ref(buf)
+    }
+}
+
+impl PgHasArrayType for Email {
+    fn array_type_info() -> PgTypeInfo {
+        <String as PgHasArrayType>::array_type_info()
     }
 }

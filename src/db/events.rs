@@ -5,7 +5,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
 
-use crate::domain::{NewProfile, ProfilePatch, UserId};
+use crate::domain::UserId;
 
 /// Channel of a committed create or change of a profile.
 pub const PROFILE_UPDATED: &str = "profile:updated";
@@ -49,42 +49,10 @@ fn timestamp(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-/// The fields a create sets (those it has a value for), in declaration order.
-pub fn created_fields(new: &NewProfile) -> Vec<&'static str> {
-    [
-        ("first_name", new.first_name.is_some()),
-        ("last_name", new.last_name.is_some()),
-        ("name", new.name.is_some()),
-        ("email", new.email.is_some()),
-        ("phone", new.phone.is_some()),
-        ("address", new.address.is_some()),
-        ("date_of_birth", new.date_of_birth.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(name, set)| set.then_some(name))
-    .collect()
-}
-
-/// The fields a patch sets (a value, or `null` to clear), in declaration order.
-pub fn patched_fields(patch: &ProfilePatch) -> Vec<&'static str> {
-    [
-        ("first_name", patch.first_name.changes()),
-        ("last_name", patch.last_name.changes()),
-        ("name", patch.name.changes()),
-        ("email", patch.email.changes()),
-        ("phone", patch.phone.changes()),
-        ("address", patch.address.changes()),
-        ("date_of_birth", patch.date_of_birth.changes()),
-    ]
-    .into_iter()
-    .filter_map(|(name, set)| set.then_some(name))
-    .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::FieldChange;
+    use crate::domain::{FieldChange, NewProfile, ProfilePatch};
 
     #[test]
     fn updated_fields_are_the_fields_set_in_declaration_order() {
@@ -93,14 +61,14 @@ mod tests {
             name: FieldChange::Set("n".into()),
             ..ProfilePatch::default()
         };
-        assert_eq!(patched_fields(&patch), ["name", "phone"]);
-        assert!(patched_fields(&ProfilePatch::default()).is_empty());
+        assert_eq!(patch.set_fields(), ["name", "phone"]);
+        assert!(ProfilePatch::default().set_fields().is_empty());
         let new = NewProfile {
             address: Some("a".into()),
             first_name: Some("f".into()),
             ..NewProfile::default()
         };
-        assert_eq!(created_fields(&new), ["first_name", "address"]);
+        assert_eq!(new.set_fields(), ["first_name", "address"]);
     }
 
     #[test]

@@ -4,16 +4,17 @@
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
+use sqlx::error::BoxDynError;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgConnection};
-use sqlx::{Connection, Pool, Postgres, Transaction};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgConnection};
+use sqlx::{Arguments, Connection, Pool, Postgres, Transaction};
 
 use super::codec::DbTime;
-use super::sql::{profile_columns, profile_select};
+use super::sql::{self, Sql};
 use super::sql_repo::{Dialect, SqlRepo};
 use super::{DbError, InvalidationScope, PoolOptions, takeover};
-use crate::domain::{Profile, UserId};
+use crate::domain::{ColumnVisitor, FieldSpec, FieldType, Profile, UserId};
 
 /// The PostgreSQL repository.
 pub type PostgresRepo = SqlRepo<Postgres>;
@@ -25,16 +26,17 @@ const PK_CONSTRAINT: &str = "profiles_pkey";
 const USER_ID_KEY: &str = "profiles_user_id_key";
 /// Name of the unique index on `lower(email)` (see the migration).
 const EMAIL_INDEX: &str = "profiles_email_lower_key";
-/// Rows per `INSERT … SELECT FROM UNNEST(…)`: arrays are bound as 12 parameters whatever
+/// Rows per `INSERT … SELECT FROM UNNEST(…)`: arrays are bound as one parameter per column whatever
 /// the row count, so only statement size and duration limit this.
 const INSERT_CHUNK: usize = 5_000;
 
 /// $1 ids.
-const FETCH_MANY: &str = concat!(
-    "SELECT ",
-    profile_select!(),
-    " FROM profiles WHERE user_id = ANY($1)"
-);
+static FETCH_MANY: Sql = Sql::new(|| {
+    format!(
+        "SELECT {} FROM profiles WHERE user_id = ANY($1)",
+        sql::select_list()
+    )
+});
 
 /// $1 outbox row ids.
 const CLEAR_INVALIDATIONS: &str = "DELETE FROM cache_invalidations WHERE id = ANY($1)";
@@ -55,14 +57,41 @@ const RECORD_LOGINS: &str = "\
     INSERT INTO cache_invalidations (user_id, scope, created_at) \
     SELECT user_id, $3, $4 FROM changed RETURNING id, user_id";
 
-/// Twelve arrays, one per column; conflicts (ids or e-mail) skip the row.
-const INSERT_MANY: &str = concat!(
-    "INSERT INTO profiles (",
-    profile_columns!(),
-    ") SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], \
-     $6::text[], $7::text[], $8::text[], $9::date[], $10::timestamptz[], $11::timestamptz[], \
-     $12::timestamptz[]) ON CONFLICT DO NOTHING"
-);
+/// An array per column, cast to its type; conflicts (ids or e-mail) skip the row.
+static INSERT_MANY: Sql = Sql::new(|| {
+    let arrays: Vec<String> = sql::columns()
+        .enumerate()
+        .map(|(i, (_, ty))| format!("${}::{ty}[]", i + 1))
+        .collect();
+    format!(
+        "INSERT INTO profiles ({}) SELECT * FROM UNNEST({}) ON CONFLICT DO NOTHING",
+        sql::column_list(),
+        arrays.join(", ")
+    )
+});
+
+/// The batch insert's arguments: each field of a chunk as one array.
+#[derive(Default)]
+struct Columns {
+    args: PgArguments,
+    error: Option<BoxDynError>,
+}
+
+impl Columns {
+    fn add<T: for<'q> sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres>>(&mut self, value: T) {
+        if self.error.is_none() {
+            self.error = self.args.add(value).err();
+        }
+    }
+}
+
+impl ColumnVisitor for Columns {
+    fn column<T: FieldType>(&mut self, _: &'static FieldSpec, values: Vec<Option<&T>>) {
+        if self.error.is_none() {
+            self.error = self.args.add(values).err();
+        }
+    }
+}
 
 /// The embedded migrations (their checksums are what the takeover records).
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -101,6 +130,13 @@ impl Dialect for Postgres {
         result
     }
 
+    fn add_field<T: FieldType>(
+        args: &mut PgArguments,
+        value: Option<&T>,
+    ) -> Result<(), BoxDynError> {
+        args.add(value)
+    }
+
     async fn begin_write(pool: &Pool<Self>) -> Result<Transaction<'static, Self>, sqlx::Error> {
         pool.begin().await
     }
@@ -117,7 +153,7 @@ impl Dialect for Postgres {
     }
 
     async fn fetch_many(pool: &Pool<Self>, ids: &[UserId]) -> Result<Vec<Profile>, DbError> {
-        sqlx::query_as(FETCH_MANY)
+        sqlx::query_as(FETCH_MANY.get())
             .bind(ids)
             .fetch_all(pool)
             .await
@@ -144,33 +180,23 @@ impl Dialect for Postgres {
     async fn insert_many(pool: &Pool<Self>, profiles: &[Profile]) -> Result<u64, DbError> {
         let mut inserted = 0;
         for chunk in profiles.chunks(INSERT_CHUNK) {
-            let column = |f: &dyn Fn(&Profile) -> Option<String>| -> Vec<Option<String>> {
-                chunk.iter().map(f).collect()
-            };
             let times = |f: &dyn Fn(&Profile) -> Option<DateTime<Utc>>| {
                 chunk
                     .iter()
                     .map(|p| f(p).map(|t| t.trunc_subsecs(6)))
                     .collect::<Vec<_>>()
             };
-            let done = sqlx::query(INSERT_MANY)
-                .bind(chunk.iter().map(|p| p.id).collect::<Vec<_>>())
-                .bind(chunk.iter().map(|p| p.user_id).collect::<Vec<_>>())
-                .bind(column(&|p| p.first_name.clone()))
-                .bind(column(&|p| p.last_name.clone()))
-                .bind(column(&|p| p.name.clone()))
-                .bind(column(&|p| p.email.as_ref().map(|e| e.as_str().to_owned())))
-                .bind(column(&|p| p.phone.clone()))
-                .bind(column(&|p| p.address.clone()))
-                .bind(
-                    chunk
-                        .iter()
-                        .map(|p| p.date_of_birth)
-                        .collect::<Vec<Option<NaiveDate>>>(),
-                )
-                .bind(times(&|p| p.last_login))
-                .bind(times(&|p| Some(p.created_at)))
-                .bind(times(&|p| Some(p.updated_at)))
+            let mut columns = Columns::default();
+            columns.add(chunk.iter().map(|p| p.id).collect::<Vec<_>>());
+            columns.add(chunk.iter().map(|p| p.user_id).collect::<Vec<_>>());
+            Profile::visit_columns(chunk, &mut columns);
+            columns.add(times(&|p| p.last_login));
+            columns.add(times(&|p| Some(p.created_at)));
+            columns.add(times(&|p| Some(p.updated_at)));
+            if let Some(e) = columns.error {
+                return Err(Self::map_err(sqlx::Error::Encode(e)));
+            }
+            let done = sqlx::query_with(INSERT_MANY.get(), columns.args)
                 .execute(pool)
                 .await
                 .map_err(Self::map_err)?;

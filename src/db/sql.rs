@@ -1,79 +1,133 @@
-//! SQL text, built once at compile time. Where PostgreSQL and SQLite agree (both take
-//! `$n` parameters, `ON CONFLICT`, `RETURNING`) a statement is written here once; the few
-//! that differ live with their backend.
+//! SQL text. Where PostgreSQL and SQLite agree (both take `$n` parameters, `ON CONFLICT`,
+//! `RETURNING`) a statement is written here once; the few that differ live with their
+//! backend. The statements on `profiles` name its columns from the list of fields
+//! ([`FIELDS`]), so they are built once, on first use, rather than at compile time.
 
-use crate::domain::DocumentKind;
+use std::fmt::Write;
+use std::sync::LazyLock;
 
-/// The columns of `profiles`, in the order of [`crate::domain::Profile`], as an insert
-/// names them.
-macro_rules! profile_columns {
-    () => {
-        "id, user_id, first_name, last_name, name, email, phone, address, date_of_birth, \
-         last_login, created_at, updated_at"
-    };
+use crate::domain::{DocumentKind, FIELDS};
+
+/// The service's own columns before the fields (PostgreSQL types, as the batch insert
+/// casts them): the profile id and the owner's id.
+const LEADING: [(&str, &str); 2] = [("id", "uuid"), ("user_id", "uuid")];
+/// The service's own columns after the fields.
+const TRAILING: [(&str, &str); 3] = [
+    ("last_login", "timestamptz"),
+    ("created_at", "timestamptz"),
+    ("updated_at", "timestamptz"),
+];
+
+/// Every column of `profiles` with its PostgreSQL type, in the order of
+/// [`crate::domain::Profile`].
+pub fn columns() -> impl Iterator<Item = (&'static str, &'static str)> {
+    LEADING
+        .into_iter()
+        .chain(FIELDS.iter().map(|f| (f.name, f.postgres)))
+        .chain(TRAILING)
 }
-pub(super) use profile_columns;
+
+/// A statement built on first use; `&'static str`, as sqlx takes it.
+pub struct Sql(LazyLock<String>);
+
+impl Sql {
+    pub(super) const fn new(build: fn() -> String) -> Self {
+        Self(LazyLock::new(build))
+    }
+
+    /// The statement's text.
+    pub fn get(&'static self) -> &'static str {
+        self.0.as_str()
+    }
+}
+
+/// The columns of `profiles`, as an insert names them.
+pub fn column_list() -> String {
+    columns().map(|(c, _)| c).collect::<Vec<_>>().join(", ")
+}
 
 /// The same columns as a read answers them. A table taken over from the Python service
 /// keeps its nullable timestamps (its writers may still send NULL); such a row is served
 /// with the other timestamp, or the epoch when both are missing, rather than failing to
 /// decode. This service's own schema has them NOT NULL, so there it changes nothing.
-macro_rules! profile_select {
-    () => {
-        "id, user_id, first_name, last_name, name, email, phone, address, date_of_birth, \
-         last_login, \
-         COALESCE(created_at, updated_at, '1970-01-01T00:00:00.000000Z') AS created_at, \
-         COALESCE(updated_at, created_at, '1970-01-01T00:00:00.000000Z') AS updated_at"
-    };
+pub fn select_list() -> String {
+    let mut sql = String::new();
+    for (c, _) in columns() {
+        if !sql.is_empty() {
+            sql.push_str(", ");
+        }
+        match c {
+            "created_at" => sql.push_str(
+                "COALESCE(created_at, updated_at, '1970-01-01T00:00:00.000000Z') AS created_at",
+            ),
+            "updated_at" => sql.push_str(
+                "COALESCE(updated_at, created_at, '1970-01-01T00:00:00.000000Z') AS updated_at",
+            ),
+            other => sql.push_str(other),
+        }
+    }
+    sql
 }
-pub(super) use profile_select;
 
 /// $1 id.
-pub const FETCH_PROFILE: &str = concat!(
-    "SELECT ",
-    profile_select!(),
-    " FROM profiles WHERE user_id = $1"
-);
+pub static FETCH_PROFILE: Sql =
+    Sql::new(|| format!("SELECT {} FROM profiles WHERE user_id = $1", select_list()));
 
 /// $1 logged in after, $2 limit.
-pub const RECENT_LOGINS: &str = concat!(
-    "SELECT ",
-    profile_select!(),
-    " FROM profiles WHERE last_login > $1 ORDER BY last_login DESC, user_id LIMIT $2"
-);
+pub static RECENT_LOGINS: Sql = Sql::new(|| {
+    format!(
+        "SELECT {} FROM profiles WHERE last_login > $1 \
+         ORDER BY last_login DESC, user_id LIMIT $2",
+        select_list()
+    )
+});
 
-/// $1 the new profile id, $2 the user id, $3–$9 the fields, $10 now (created and
-/// updated). No row back when the user id exists; an e-mail held by another row raises the
-/// unique violation.
-pub const INSERT_PROFILE: &str = concat!(
-    "INSERT INTO profiles (",
-    profile_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10, $10) \
-     ON CONFLICT (user_id) DO NOTHING RETURNING ",
-    profile_select!()
-);
+/// $1 the new profile id, $2 the user id, then each field in order, then now (created
+/// and updated). No row back when the user id exists; an e-mail held by another row raises
+/// the unique violation.
+pub static INSERT_PROFILE: Sql = Sql::new(|| {
+    let mut values = String::from("$1, $2");
+    for n in 3..3 + FIELDS.len() {
+        let _ = write!(values, ", ${n}");
+    }
+    let now = 3 + FIELDS.len();
+    format!(
+        "INSERT INTO profiles ({}) VALUES ({values}, NULL, ${now}, ${now}) \
+         ON CONFLICT (user_id) DO NOTHING RETURNING {}",
+        column_list(),
+        select_list()
+    )
+});
 
-/// $1 id, then a flag and a value per field ($2 … $15), $16 now. One static statement
+/// $1 id, then a flag and a value per field in order, then now. One static statement
 /// whatever the patch, so it is prepared once per connection.
-pub const APPLY_PATCH: &str = concat!(
-    "UPDATE profiles SET \
-       first_name    = CASE WHEN $2  THEN $3  ELSE first_name    END, \
-       last_name     = CASE WHEN $4  THEN $5  ELSE last_name     END, \
-       name          = CASE WHEN $6  THEN $7  ELSE name          END, \
-       email         = CASE WHEN $8  THEN $9  ELSE email         END, \
-       phone         = CASE WHEN $10 THEN $11 ELSE phone         END, \
-       address       = CASE WHEN $12 THEN $13 ELSE address       END, \
-       date_of_birth = CASE WHEN $14 THEN $15 ELSE date_of_birth END, \
-       updated_at    = $16 \
-     WHERE user_id = $1 RETURNING ",
-    profile_select!()
-);
+pub static APPLY_PATCH: Sql = Sql::new(|| {
+    let mut sql = String::from("UPDATE profiles SET ");
+    let mut n = 2;
+    for f in FIELDS {
+        let name = f.name;
+        let _ = write!(
+            sql,
+            "{name} = CASE WHEN ${n} THEN ${} ELSE {name} END, ",
+            n + 1
+        );
+        n += 2;
+    }
+    let _ = write!(
+        sql,
+        "updated_at = ${n} WHERE user_id = $1 RETURNING {}",
+        select_list()
+    );
+    sql
+});
 
 /// $1 id; answers the deleted row.
-pub const DELETE_PROFILE: &str = concat!(
-    "DELETE FROM profiles WHERE user_id = $1 RETURNING ",
-    profile_select!()
-);
+pub static DELETE_PROFILE: Sql = Sql::new(|| {
+    format!(
+        "DELETE FROM profiles WHERE user_id = $1 RETURNING {}",
+        select_list()
+    )
+});
 
 /// $1 id, $2 scope, $3 now; answers the row id.
 pub const INSERT_INVALIDATION: &str =
@@ -92,11 +146,13 @@ pub const PENDING_AFTER: &str = "SELECT id, user_id, scope, event, payload, crea
      FROM cache_invalidations WHERE id > $1 ORDER BY id LIMIT $2";
 
 /// $1 id, $2 the e-mail, $3 now: sets it when it differs; answers the row when it did.
-pub const SYNC_EMAIL: &str = concat!(
-    "UPDATE profiles SET email = $2, updated_at = $3 \
-     WHERE user_id = $1 AND (email IS NULL OR email <> $2) RETURNING ",
-    profile_columns!()
-);
+pub static SYNC_EMAIL: Sql = Sql::new(|| {
+    format!(
+        "UPDATE profiles SET email = $2, updated_at = $3 \
+         WHERE user_id = $1 AND (email IS NULL OR email <> $2) RETURNING {}",
+        column_list()
+    )
+});
 
 macro_rules! fetch_document {
     ($table:literal) => {
@@ -153,6 +209,47 @@ pub fn delete_document(kind: DocumentKind) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `$n` a statement names, each once, in increasing order.
+    fn placeholders(sql: &str) -> Vec<usize> {
+        let mut seen = Vec::new();
+        for part in sql.split('$').skip(1) {
+            let digits: String = part.chars().take_while(char::is_ascii_digit).collect();
+            let n = digits.parse().expect("a number after $");
+            if !seen.contains(&n) {
+                seen.push(n);
+            }
+        }
+        seen.sort_unstable();
+        seen
+    }
+
+    #[test]
+    fn profile_statements_number_every_field() {
+        let fields = FIELDS.len();
+        // Insert: two ids, the fields, now.
+        assert_eq!(
+            placeholders(INSERT_PROFILE.get()),
+            (1..=fields + 3).collect::<Vec<_>>()
+        );
+        // Patch: the id, a flag and a value per field, now; each field set from its own pair.
+        let patch = APPLY_PATCH.get();
+        assert_eq!(
+            placeholders(patch),
+            (1..=2 * fields + 2).collect::<Vec<_>>()
+        );
+        for (i, f) in FIELDS.iter().enumerate() {
+            let set = format!(
+                "{0} = CASE WHEN ${1} THEN ${2} ELSE {0} END",
+                f.name,
+                2 * i + 2,
+                2 * i + 3
+            );
+            assert!(patch.contains(&set), "{set} missing from {patch}");
+        }
+        assert!(patch.contains(&format!("updated_at = ${}", 2 * fields + 2)));
+        assert_eq!(column_list().split(", ").count(), fields + 5);
+    }
 
     #[test]
     fn document_statements_name_their_table() {

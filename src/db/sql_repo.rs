@@ -5,20 +5,23 @@
 //! the batch statements, and how driver errors are told apart.
 
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
+use sqlx::error::BoxDynError;
 use sqlx::types::Json;
 use sqlx::{
-    Connection, Database, Encode, Executor, FromRow, IntoArguments, Pool, Transaction, Type,
+    Arguments, Connection, Database, Encode, Executor, FromRow, IntoArguments, Pool, Transaction,
+    Type,
 };
 
 use super::codec::DbTime;
-use super::events::{OutboxEvent, created_fields, patched_fields};
+use super::events::OutboxEvent;
 use super::{
     DbError, EventClaim, InvalidationScope, LoginsWritten, PendingInvalidation, PoolOptions,
     PoolStats, ProfileRepo, UserSync, Written, sql,
 };
 use crate::domain::{
-    Document, DocumentKind, Email, JsonObject, NewProfile, Profile, ProfileId, ProfilePatch, UserId,
+    ChangeVisitor, Document, DocumentKind, Email, FieldChange, FieldSpec, FieldType, FieldVisitor,
+    JsonObject, NewProfile, Profile, ProfileId, ProfilePatch, UserId,
 };
 
 /// What one SQL backend does its own way.
@@ -30,6 +33,13 @@ pub trait Dialect: Database {
     /// Brings the schema up to date: the embedded migrations (after, on PostgreSQL, the
     /// takeover of a database the Python service left).
     async fn migrate(pool: &Pool<Self>) -> Result<(), DbError>;
+
+    /// Adds a profile field's value to a statement's arguments (any [`FieldType`] is
+    /// stored by both dialects, which generic code cannot see for itself).
+    fn add_field<T: FieldType>(
+        args: &mut Self::Arguments,
+        value: Option<&T>,
+    ) -> Result<(), BoxDynError>;
 
     /// Starts a write transaction.
     async fn begin_write(pool: &Pool<Self>) -> Result<Transaction<'static, Self>, sqlx::Error>;
@@ -149,6 +159,56 @@ struct Recorded {
     event_behind: bool,
 }
 
+/// A statement's arguments, the fields among them added in the list's order; the first
+/// encoding error is kept for [`Binder::finish`].
+struct Binder<D: Dialect> {
+    args: D::Arguments,
+    error: Option<BoxDynError>,
+}
+
+impl<D: Dialect> Default for Binder<D> {
+    fn default() -> Self {
+        Self {
+            args: D::Arguments::default(),
+            error: None,
+        }
+    }
+}
+
+impl<D: Dialect> Binder<D> {
+    fn add<T: for<'q> Encode<'q, D> + Type<D>>(&mut self, value: T) {
+        if self.error.is_none() {
+            self.error = self.args.add(value).err();
+        }
+    }
+
+    fn finish(self) -> Result<D::Arguments, DbError> {
+        match self.error {
+            None => Ok(self.args),
+            Some(e) => Err(D::map_err(sqlx::Error::Encode(e))),
+        }
+    }
+}
+
+impl<D: Dialect> FieldVisitor for Binder<D> {
+    fn field<T: FieldType>(&mut self, _: &'static FieldSpec, value: Option<&T>) {
+        if self.error.is_none() {
+            self.error = D::add_field(&mut self.args, value).err();
+        }
+    }
+}
+
+// A flag (does the patch touch the field?) and the value it gets (`NULL` when cleared).
+impl<D: Dialect> ChangeVisitor for Binder<D>
+where
+    for<'q> bool: Encode<'q, D> + Type<D>,
+{
+    fn change<T: FieldType>(&mut self, spec: &'static FieldSpec, change: &FieldChange<T>) {
+        self.add(change.changes());
+        self.field(spec, change.new_value());
+    }
+}
+
 /// The write timestamp: PostgreSQL keeps microseconds, so anything finer would make the
 /// value a write returns differ from the one read back later.
 fn now_micros() -> DateTime<Utc> {
@@ -169,7 +229,6 @@ where
     for<'q> bool: Encode<'q, D> + Type<D>,
     for<'q> &'q str: Encode<'q, D> + Type<D>,
     for<'q> Option<&'q str>: Encode<'q, D> + Type<D>,
-    for<'q> Option<NaiveDate>: Encode<'q, D> + Type<D>,
     for<'q> i64: Encode<'q, D> + Type<D>,
     for<'r> Profile: FromRow<'r, D::Row>,
     for<'r> (i64,): FromRow<'r, D::Row>,
@@ -182,19 +241,14 @@ where
         fields: &NewProfile,
         now: DateTime<Utc>,
     ) -> Result<Option<Profile>, DbError> {
+        let mut binder = Binder::<D>::default();
         // Generated here, not by a column default: SQLite has no UUID function, and one
         // statement serves both backends.
-        sqlx::query_as(sql::INSERT_PROFILE)
-            .bind(ProfileId::random())
-            .bind(id)
-            .bind(fields.first_name.as_deref())
-            .bind(fields.last_name.as_deref())
-            .bind(fields.name.as_deref())
-            .bind(fields.email.as_ref().map(Email::as_str))
-            .bind(fields.phone.as_deref())
-            .bind(fields.address.as_deref())
-            .bind(fields.date_of_birth)
-            .bind(DbTime(now))
+        binder.add(ProfileId::random());
+        binder.add(id);
+        fields.visit(&mut binder);
+        binder.add(DbTime(now));
+        sqlx::query_as_with(sql::INSERT_PROFILE.get(), binder.finish()?)
             .fetch_optional(tx)
             .await
             .map_err(D::map_err)
@@ -208,23 +262,11 @@ where
         patch: &ProfilePatch,
         now: DateTime<Utc>,
     ) -> Result<Option<Profile>, DbError> {
-        sqlx::query_as(sql::APPLY_PATCH)
-            .bind(id)
-            .bind(patch.first_name.changes())
-            .bind(patch.first_name.new_value().map(String::as_str))
-            .bind(patch.last_name.changes())
-            .bind(patch.last_name.new_value().map(String::as_str))
-            .bind(patch.name.changes())
-            .bind(patch.name.new_value().map(String::as_str))
-            .bind(patch.email.changes())
-            .bind(patch.email.new_value().map(Email::as_str))
-            .bind(patch.phone.changes())
-            .bind(patch.phone.new_value().map(String::as_str))
-            .bind(patch.address.changes())
-            .bind(patch.address.new_value().map(String::as_str))
-            .bind(patch.date_of_birth.changes())
-            .bind(patch.date_of_birth.new_value().copied())
-            .bind(DbTime(now))
+        let mut binder = Binder::<D>::default();
+        binder.add(id);
+        patch.visit(&mut binder);
+        binder.add(DbTime(now));
+        sqlx::query_as_with(sql::APPLY_PATCH.get(), binder.finish()?)
             .fetch_optional(tx)
             .await
             .map_err(D::map_err)
@@ -296,7 +338,6 @@ where
     for<'q> bool: Encode<'q, D> + Type<D>,
     for<'q> &'q str: Encode<'q, D> + Type<D>,
     for<'q> Option<&'q str>: Encode<'q, D> + Type<D>,
-    for<'q> Option<NaiveDate>: Encode<'q, D> + Type<D>,
     for<'q> i64: Encode<'q, D> + Type<D>,
     for<'q> Json<&'q JsonObject>: Encode<'q, D> + Type<D>,
     for<'r> Profile: FromRow<'r, D::Row>,
@@ -333,7 +374,7 @@ where
     }
 
     async fn fetch(&self, id: UserId) -> Result<Option<Profile>, DbError> {
-        sqlx::query_as(sql::FETCH_PROFILE)
+        sqlx::query_as(sql::FETCH_PROFILE.get())
             .bind(id)
             .fetch_optional(&self.pool)
             .await
@@ -356,7 +397,7 @@ where
         let Some(profile) = Self::insert(&mut *tx, id, new, now).await? else {
             return Err(DbError::AlreadyExists);
         };
-        let event = OutboxEvent::profile_updated(id, &created_fields(new), now);
+        let event = OutboxEvent::profile_updated(id, &new.set_fields(), now);
         let recorded =
             Self::record_invalidation(&mut *tx, id, InvalidationScope::Profile, now, Some(event))
                 .await?;
@@ -373,7 +414,7 @@ where
         let Some(profile) = Self::apply_patch(&mut *tx, id, patch, now).await? else {
             return Ok(None);
         };
-        let event = OutboxEvent::profile_updated(id, &patched_fields(patch), now);
+        let event = OutboxEvent::profile_updated(id, &patch.set_fields(), now);
         let recorded =
             Self::record_invalidation(&mut *tx, id, InvalidationScope::Profile, now, Some(event))
                 .await?;
@@ -410,7 +451,7 @@ where
         };
         // Created or changed, the fields set are the patch's (an upsert's insert takes
         // exactly the fields the patch sets).
-        let event = OutboxEvent::profile_updated(id, &patched_fields(patch), now);
+        let event = OutboxEvent::profile_updated(id, &patch.set_fields(), now);
         let recorded =
             Self::record_invalidation(&mut *tx, id, InvalidationScope::Profile, now, Some(event))
                 .await?;
@@ -421,7 +462,7 @@ where
         let now = now_micros();
         let mut tx = D::begin_write(&self.pool).await.map_err(D::map_err)?;
         D::before_delete(&mut *tx, id).await?;
-        let deleted: Option<Profile> = sqlx::query_as(sql::DELETE_PROFILE)
+        let deleted: Option<Profile> = sqlx::query_as(sql::DELETE_PROFILE.get())
             .bind(id)
             .fetch_optional(&mut *tx)
             .await
@@ -502,7 +543,7 @@ where
         since: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<Profile>, DbError> {
-        sqlx::query_as(sql::RECENT_LOGINS)
+        sqlx::query_as(sql::RECENT_LOGINS.get())
             .bind(DbTime(since))
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
@@ -527,7 +568,7 @@ where
         // Conditional, so that of the instances that all receive the message, only the
         // first changes the row (the others find it equal after its lock) and one event goes out.
         let changed: Option<Profile> = match email {
-            Some(e) => sqlx::query_as(sql::SYNC_EMAIL)
+            Some(e) => sqlx::query_as(sql::SYNC_EMAIL.get())
                 .bind(id)
                 .bind(e.as_str())
                 .bind(DbTime(now))

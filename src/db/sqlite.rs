@@ -11,16 +11,17 @@ use std::str::FromStr;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
-use serde_json::json;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode};
+use serde_json::{Value, json};
+use sqlx::error::BoxDynError;
+use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode};
 use sqlx::types::Json;
-use sqlx::{Pool, Sqlite, Transaction};
+use sqlx::{Arguments, Pool, Sqlite, Transaction};
 
 use super::codec::DbTime;
-use super::sql::{self, profile_columns, profile_select};
+use super::sql::{self, Sql};
 use super::sql_repo::{Dialect, SqlRepo};
 use super::{DbError, InvalidationScope, PoolOptions};
-use crate::domain::{DocumentKind, Profile, UserId};
+use crate::domain::{DocumentKind, FieldSpec, FieldType, FieldVisitor, Profile, UserId};
 
 /// The SQLite repository.
 pub type SqliteRepo = SqlRepo<Sqlite>;
@@ -31,11 +32,12 @@ const EMAIL_INDEX: &str = "profiles_email_lower_key";
 const PK_COLUMN: &str = "profiles.user_id";
 
 /// $1 a JSON array of ids.
-const FETCH_MANY: &str = concat!(
-    "SELECT ",
-    profile_select!(),
-    " FROM profiles WHERE user_id IN (SELECT value FROM json_each($1))"
-);
+static FETCH_MANY: Sql = Sql::new(|| {
+    format!(
+        "SELECT {} FROM profiles WHERE user_id IN (SELECT value FROM json_each($1))",
+        sql::select_list()
+    )
+});
 
 /// $1 a JSON array of outbox row ids.
 const CLEAR_INVALIDATIONS: &str =
@@ -50,15 +52,30 @@ const CLAIM_ROWS: &str = "SELECT id FROM cache_invalidations \
 const RECORD_LOGIN: &str = "UPDATE profiles SET last_login = $2 \
      WHERE user_id = $1 AND (last_login IS NULL OR last_login < $3) RETURNING user_id";
 
-/// $1 a JSON array of rows, each an array of the twelve columns as stored. `WHERE true`
-/// keeps SQLite from reading `ON CONFLICT` as part of the `SELECT`.
-const INSERT_MANY: &str = concat!(
-    "INSERT INTO profiles (",
-    profile_columns!(),
-    ") SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, \
-     value->>7, value->>8, value->>9, value->>10, value->>11 FROM json_each($1) WHERE true \
-     ON CONFLICT DO NOTHING"
-);
+/// $1 a JSON array of rows, each an array of the columns as stored. `WHERE true` keeps
+/// SQLite from reading `ON CONFLICT` as part of the `SELECT`.
+static INSERT_MANY: Sql = Sql::new(|| {
+    let values: Vec<String> = (0..sql::columns().count())
+        .map(|i| format!("value->>{i}"))
+        .collect();
+    format!(
+        "INSERT INTO profiles ({}) SELECT {} FROM json_each($1) WHERE true \
+         ON CONFLICT DO NOTHING",
+        sql::column_list(),
+        values.join(", ")
+    )
+});
+
+/// A row of the batch insert: each field's JSON form, which is the text SQLite stores
+/// (see [`FieldType`]).
+struct JsonRow(Vec<Value>);
+
+impl FieldVisitor for JsonRow {
+    fn field<T: FieldType>(&mut self, _: &'static FieldSpec, value: Option<&T>) {
+        self.0
+            .push(serde_json::to_value(value).unwrap_or(Value::Null));
+    }
+}
 
 /// The database holds personal data: a directory created here is 0700 and a new file
 /// 0600 (SQLite gives its `-wal` and `-shm` files the mode of the database file). An
@@ -132,6 +149,13 @@ impl Dialect for Sqlite {
             .map_err(Self::map_migrate_err)
     }
 
+    fn add_field<T: FieldType>(
+        args: &mut SqliteArguments,
+        value: Option<&T>,
+    ) -> Result<(), BoxDynError> {
+        args.add(value)
+    }
+
     async fn begin_write(pool: &Pool<Self>) -> Result<Transaction<'static, Self>, sqlx::Error> {
         pool.begin_with("BEGIN IMMEDIATE").await
     }
@@ -139,7 +163,7 @@ impl Dialect for Sqlite {
     async fn before_create(tx: &mut SqliteConnection, id: UserId) -> Result<(), DbError> {
         // The write lock is held, so this cannot race; it makes an existing id win over an
         // e-mail conflict whatever order SQLite checks its indexes in.
-        let existing: Option<Profile> = sqlx::query_as(sql::FETCH_PROFILE)
+        let existing: Option<Profile> = sqlx::query_as(sql::FETCH_PROFILE.get())
             .bind(id)
             .fetch_optional(tx)
             .await
@@ -164,7 +188,7 @@ impl Dialect for Sqlite {
     }
 
     async fn fetch_many(pool: &Pool<Self>, ids: &[UserId]) -> Result<Vec<Profile>, DbError> {
-        sqlx::query_as(FETCH_MANY)
+        sqlx::query_as(FETCH_MANY.get())
             .bind(Json(ids))
             .fetch_all(pool)
             .await
@@ -204,27 +228,21 @@ impl Dialect for Sqlite {
 
     async fn insert_many(pool: &Pool<Self>, profiles: &[Profile]) -> Result<u64, DbError> {
         let time = |t: &DateTime<Utc>| DbTime(*t).sqlite_text();
-        let rows: Vec<serde_json::Value> = profiles
+        let rows: Vec<Value> = profiles
             .iter()
             .map(|p| {
-                json!([
-                    p.id,
-                    p.user_id,
-                    p.first_name,
-                    p.last_name,
-                    p.name,
-                    p.email,
-                    p.phone,
-                    p.address,
-                    p.date_of_birth.map(|d| d.format("%Y-%m-%d").to_string()),
-                    p.last_login.as_ref().map(time),
-                    time(&p.created_at),
-                    time(&p.updated_at),
-                ])
+                let mut row = JsonRow(vec![json!(p.id), json!(p.user_id)]);
+                p.visit_fields(&mut row);
+                row.0.extend([
+                    json!(p.last_login.as_ref().map(time)),
+                    json!(time(&p.created_at)),
+                    json!(time(&p.updated_at)),
+                ]);
+                Value::Array(row.0)
             })
             .collect();
         // One statement in one transaction: one fsync, not one per row.
-        let done = sqlx::query(INSERT_MANY)
+        let done = sqlx::query(INSERT_MANY.get())
             .bind(Json(rows))
             .execute(pool)
             .await

@@ -3,13 +3,18 @@
 mod document;
 mod email;
 mod profile;
+mod profile_fields;
 mod profile_id;
 mod user_id;
 
 pub use document::{Document, DocumentKind, JsonObject};
 pub use email::Email;
 pub use profile::{
-    FieldChange, NewProfile, Profile, ProfileInput, ProfilePatch, ProfilePatchInput, timestamp,
+    FIELDS, FieldChange, NewProfile, Profile, ProfileEntryShape, ProfileInput, ProfilePatch,
+    ProfilePatchInput, parse_date, timestamp,
+};
+pub use profile_fields::{
+    AnyString, ChangeVisitor, ColumnVisitor, Fake, FakeSource, FieldSpec, FieldType, FieldVisitor,
 };
 pub use profile_id::ProfileId;
 pub use user_id::UserId;

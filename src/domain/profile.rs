@@ -1,48 +1,49 @@
+use std::borrow::Cow;
+
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{
-    Email, MAX_ADDRESS_CHARS, MAX_TEXT_CHARS, ProfileId, UserId, ValidationError, check_text,
+use super::profile_fields::{
+    ChangeVisitor, ColumnVisitor, Fake, FakeSource, FieldSpec, FieldType, FieldVisitor, email,
+    past_date, profile_fields, text,
 };
+use super::{Email, MAX_ADDRESS_CHARS, MAX_TEXT_CHARS, ProfileId, UserId, ValidationError};
 
-/// A stored profile, exactly as the API and the cache show it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, sqlx::FromRow)]
-pub struct Profile {
-    /// The profile's own id, generated on create; read-only (a body that sends it is 422).
-    #[schema(value_type = String, format = Uuid, read_only)]
-    pub id: ProfileId,
-    /// The owner's id (the `sub` of their tokens).
-    #[schema(value_type = String, format = Uuid)]
-    pub user_id: UserId,
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
+// The one list of profile fields: adding a field is a migration per dialect and an entry
+// here (docs/profile-fields.md). JSON, SQL, events and the seed follow this order.
+profile_fields! {
+    first_name: String {
+        postgres: "text", sqlite: "TEXT", check: text(MAX_TEXT_CHARS), fake: Fake::GivenName,
+        schema: (), input: (max_length = 255, pattern = "^[^\\u0000]*$"),
+    },
+    last_name: String {
+        postgres: "text", sqlite: "TEXT", check: text(MAX_TEXT_CHARS), fake: Fake::FamilyName,
+        schema: (), input: (max_length = 255, pattern = "^[^\\u0000]*$"),
+    },
     /// Display name.
-    pub name: Option<String>,
-    #[schema(value_type = Option<String>, format = Email)]
-    pub email: Option<Email>,
-    pub phone: Option<String>,
-    pub address: Option<String>,
-    pub date_of_birth: Option<NaiveDate>,
-    /// Set by the service from the owner's token `iat`; read-only in the API.
-    #[serde(with = "timestamp::option")]
-    pub last_login: Option<DateTime<Utc>>,
-    #[serde(with = "timestamp")]
-    pub created_at: DateTime<Utc>,
-    #[serde(with = "timestamp")]
-    pub updated_at: DateTime<Utc>,
-}
-
-/// A validated create request.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NewProfile {
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
-    pub name: Option<String>,
-    pub email: Option<Email>,
-    pub phone: Option<String>,
-    pub address: Option<String>,
-    pub date_of_birth: Option<NaiveDate>,
+    name: String {
+        postgres: "text", sqlite: "TEXT", check: text(MAX_TEXT_CHARS), fake: Fake::FullName,
+        schema: (), input: (max_length = 255, pattern = "^[^\\u0000]*$"),
+    },
+    email: Email {
+        postgres: "text", sqlite: "TEXT", check: email, fake: Fake::Email,
+        schema: (value_type = Option<String>, format = Email),
+        input: (format = Email, max_length = 255),
+    },
+    phone: String {
+        postgres: "text", sqlite: "TEXT", check: text(MAX_TEXT_CHARS), fake: Fake::Phone,
+        schema: (), input: (max_length = 255, pattern = "^[^\\u0000]*$"),
+    },
+    address: String {
+        postgres: "text", sqlite: "TEXT", check: text(MAX_ADDRESS_CHARS), fake: Fake::Address,
+        schema: (), input: (max_length = 1000, pattern = "^[^\\u0000]*$"),
+    },
+    /// `YYYY-MM-DD`.
+    date_of_birth: NaiveDate {
+        postgres: "date", sqlite: "TEXT", check: past_date, fake: Fake::PastDate,
+        schema: (), input: (format = Date),
+    },
 }
 
 /// One field of a partial update: left alone, cleared, or set to a value.
@@ -97,153 +98,14 @@ impl<T> FieldChange<T> {
     }
 }
 
-/// A validated partial update.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ProfilePatch {
-    pub first_name: FieldChange<String>,
-    pub last_name: FieldChange<String>,
-    pub name: FieldChange<String>,
-    pub email: FieldChange<Email>,
-    pub phone: FieldChange<String>,
-    pub address: FieldChange<String>,
-    pub date_of_birth: FieldChange<NaiveDate>,
-}
-
-impl ProfilePatch {
-    /// True when the patch changes nothing.
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-}
-
-/// The fields a patch sets (what an upsert inserts when there is no row yet): a kept or
-/// cleared field is empty.
-impl From<&ProfilePatch> for NewProfile {
-    fn from(patch: &ProfilePatch) -> Self {
-        NewProfile {
-            first_name: patch.first_name.new_value().cloned(),
-            last_name: patch.last_name.new_value().cloned(),
-            name: patch.name.new_value().cloned(),
-            email: patch.email.new_value().cloned(),
-            phone: patch.phone.new_value().cloned(),
-            address: patch.address.new_value().cloned(),
-            date_of_birth: patch.date_of_birth.new_value().copied(),
-        }
-    }
-}
-
-/// The body of `POST /api/profiles` as sent.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ProfileInput {
-    /// Must equal the caller's id unless the caller is an admin; defaults to it.
-    #[schema(value_type = Option<String>, format = Uuid)]
-    pub user_id: Option<String>,
-    #[schema(value_type = Option<String>, max_length = 255, pattern = "^[^\\u0000]*$")]
-    pub first_name: Option<String>,
-    #[schema(value_type = Option<String>, max_length = 255, pattern = "^[^\\u0000]*$")]
-    pub last_name: Option<String>,
-    #[schema(value_type = Option<String>, max_length = 255, pattern = "^[^\\u0000]*$")]
-    pub name: Option<String>,
-    #[schema(value_type = Option<String>, format = Email, max_length = 255)]
-    pub email: Option<String>,
-    #[schema(value_type = Option<String>, max_length = 255, pattern = "^[^\\u0000]*$")]
-    pub phone: Option<String>,
-    #[schema(value_type = Option<String>, max_length = 1000, pattern = "^[^\\u0000]*$")]
-    pub address: Option<String>,
-    /// `YYYY-MM-DD`.
-    #[schema(value_type = Option<String>, format = Date)]
-    pub date_of_birth: Option<String>,
-}
-
-impl ProfileInput {
-    /// Validates every field; the id is returned parsed when one was sent.
-    pub fn validate(self) -> Result<(Option<UserId>, NewProfile), ValidationError> {
-        let user_id = self.user_id.as_deref().map(str::parse).transpose()?;
-        let profile = NewProfile {
-            first_name: text("first_name", self.first_name, MAX_TEXT_CHARS)?,
-            last_name: text("last_name", self.last_name, MAX_TEXT_CHARS)?,
-            name: text("name", self.name, MAX_TEXT_CHARS)?,
-            email: self.email.as_deref().map(Email::parse).transpose()?,
-            phone: text("phone", self.phone, MAX_TEXT_CHARS)?,
-            address: text("address", self.address, MAX_ADDRESS_CHARS)?,
-            date_of_birth: self.date_of_birth.as_deref().map(parse_date).transpose()?,
-        };
-        Ok((user_id, profile))
-    }
-}
-
-/// The body of `PUT`/`PATCH /api/profiles/{id}` as sent: absent leaves alone, `null` clears.
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ProfilePatchInput {
-    #[serde(default)]
-    #[schema(value_type = Option<String>, max_length = 255, pattern = "^[^\\u0000]*$")]
-    pub first_name: FieldChange<String>,
-    #[serde(default)]
-    #[schema(value_type = Option<String>, max_length = 255, pattern = "^[^\\u0000]*$")]
-    pub last_name: FieldChange<String>,
-    #[serde(default)]
-    #[schema(value_type = Option<String>, max_length = 255, pattern = "^[^\\u0000]*$")]
-    pub name: FieldChange<String>,
-    #[serde(default)]
-    #[schema(value_type = Option<String>, format = Email, max_length = 255)]
-    pub email: FieldChange<String>,
-    #[serde(default)]
-    #[schema(value_type = Option<String>, max_length = 255, pattern = "^[^\\u0000]*$")]
-    pub phone: FieldChange<String>,
-    #[serde(default)]
-    #[schema(value_type = Option<String>, max_length = 1000, pattern = "^[^\\u0000]*$")]
-    pub address: FieldChange<String>,
-    /// `YYYY-MM-DD`, or `null` to clear.
-    #[serde(default)]
-    #[schema(value_type = Option<String>, format = Date)]
-    pub date_of_birth: FieldChange<String>,
-}
-
-impl ProfilePatchInput {
-    /// Validates every field that was sent.
-    pub fn validate(self) -> Result<ProfilePatch, ValidationError> {
-        let t = |field: &'static str, max: usize| {
-            move |s: String| check_text(field, &s, max).map(|()| s)
-        };
-        Ok(ProfilePatch {
-            first_name: self.first_name.try_map(t("first_name", MAX_TEXT_CHARS))?,
-            last_name: self.last_name.try_map(t("last_name", MAX_TEXT_CHARS))?,
-            name: self.name.try_map(t("name", MAX_TEXT_CHARS))?,
-            email: self.email.try_map(|s| Email::parse(&s))?,
-            phone: self.phone.try_map(t("phone", MAX_TEXT_CHARS))?,
-            address: self.address.try_map(t("address", MAX_ADDRESS_CHARS))?,
-            date_of_birth: self.date_of_birth.try_map(|s| parse_date(&s))?,
-        })
-    }
-}
-
-impl From<NewProfile> for ProfilePatch {
-    fn from(p: NewProfile) -> Self {
-        // An upsert from a create-shaped body touches only the fields that were sent.
-        ProfilePatch {
-            first_name: FieldChange::set_if_some(p.first_name),
-            last_name: FieldChange::set_if_some(p.last_name),
-            name: FieldChange::set_if_some(p.name),
-            email: FieldChange::set_if_some(p.email),
-            phone: FieldChange::set_if_some(p.phone),
-            address: FieldChange::set_if_some(p.address),
-            date_of_birth: FieldChange::set_if_some(p.date_of_birth),
-        }
-    }
-}
-
-fn text(field: &str, v: Option<String>, max: usize) -> Result<Option<String>, ValidationError> {
-    if let Some(s) = &v {
-        check_text(field, s, max)?;
-    }
-    Ok(v)
-}
-
 /// Parses a strict `YYYY-MM-DD` date that is not in the future.
 pub fn parse_date(s: &str) -> Result<NaiveDate, ValidationError> {
-    let bad = || ValidationError::new("date_of_birth", "must be a date in the form YYYY-MM-DD");
+    parse_date_of("date_of_birth", s)
+}
+
+/// [`parse_date`] for the field `field` (which a refusal names).
+pub fn parse_date_of(field: &'static str, s: &str) -> Result<NaiveDate, ValidationError> {
+    let bad = || ValidationError::new(field, "must be a date in the form YYYY-MM-DD");
     let b = s.as_bytes();
     let shape_ok = b.len() == 10
         && b[4] == b'-'
@@ -256,10 +118,7 @@ pub fn parse_date(s: &str) -> Result<NaiveDate, ValidationError> {
     }
     let date = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| bad())?;
     if date > Utc::now().date_naive() {
-        return Err(ValidationError::new(
-            "date_of_birth",
-            "must not be in the future",
-        ));
+        return Err(ValidationError::new(field, "must not be in the future"));
     }
     Ok(date)
 }

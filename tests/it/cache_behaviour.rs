@@ -411,18 +411,9 @@ async fn batch_counts_and_write_back(
 fn profile_with_login(at: chrono::DateTime<chrono::Utc>) -> Profile {
     let now = chrono::Utc::now();
     Profile {
-        id: user_api::domain::ProfileId::random(),
-        user_id: UserId::random(),
         first_name: Some("seeded".into()),
-        last_name: None,
-        name: None,
-        email: None,
-        phone: None,
-        address: None,
-        date_of_birth: None,
         last_login: Some(at),
-        created_at: now,
-        updated_at: now,
+        ..Profile::blank(UserId::random(), now)
     }
 }
 
