@@ -2,6 +2,8 @@
 //!
 //! `App::build` wires everything from a `Config` and binds the listener, so tests can
 //! start the real service on port 0 and talk to it over HTTP.
+//!
+//! Reference: `docs/architecture.md`.
 
 pub mod admission;
 pub mod api;

@@ -1,4 +1,6 @@
 //! Logging and the metrics recorder, each installed once per process.
+//!
+//! Reference: `docs/metrics.md`.
 
 use std::io::{IsTerminal, Write};
 use std::sync::OnceLock;

@@ -17,6 +17,8 @@
 //! (the read goes to the database), and revocation to what this instance has already seen
 //! ([`revocations`]: each token seen revoked, until its `exp`) and then to `auth.revocation_unavailable` (`allow` counts the
 //! request in `auth_revocation_unchecked_total`; `deny` refuses it).
+//!
+//! Reference: `docs/admission.md`.
 
 mod redis_round_trip;
 pub mod revocations;

@@ -1,5 +1,7 @@
 //! The HTTP surface: one module per resource, merged here with the OpenAPI document,
 //! the authentication layer and the cross-cutting layers.
+//!
+//! Reference: `docs/api.md`.
 
 mod admin;
 mod batch;

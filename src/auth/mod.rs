@@ -6,6 +6,8 @@
 //! reach a signature routine) and deliberately lenient about what the auth service
 //! may add to the claims. Every refusal is an [`AuthError`] whose text is safe to
 //! send to the client: it never echoes the token or its contents.
+//!
+//! Reference: `docs/security.md`.
 
 mod claims;
 pub mod dev;

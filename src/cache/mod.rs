@@ -21,6 +21,8 @@
 //!   entry can be recomputed from its `cached_at` (refresh-ahead needs no PTTL call).
 //! * A write whose invalidation could not be applied makes this instance "dirty": it reads
 //!   only the database until the outbox drain has applied every pending invalidation.
+//!
+//! Reference: `docs/cache.md`.
 
 mod entry;
 pub mod keys;

@@ -17,7 +17,7 @@ pub enum EnvKind {
     Own,
 }
 
-/// One documented plain environment variable (README, "Configuration").
+/// One documented plain environment variable (`docs/configuration.md`).
 #[derive(Debug, Clone, Copy)]
 pub struct EnvVar {
     /// The variable, e.g. `JWT_ISS`.
@@ -26,7 +26,7 @@ pub struct EnvVar {
     pub key: &'static str,
     /// How its value is read.
     pub kind: EnvKind,
-    /// What a set-but-blank value means, when the README documents it; `None` (nearly
+    /// What a set-but-blank value means, when `docs/configuration.md` documents it; `None` (nearly
     /// every variable): set but blank is an error that names the variable.
     pub when_empty: Option<&'static str>,
 }
@@ -61,7 +61,7 @@ impl EnvVar {
         Self::new(name, "", EnvKind::Own)
     }
 
-    /// Documents what a set-but-blank value means (the README must say the same).
+    /// Documents what a set-but-blank value means (`docs/configuration.md` must say the same).
     pub const fn empty_means(mut self, meaning: &'static str) -> Self {
         self.when_empty = Some(meaning);
         self
@@ -69,7 +69,7 @@ impl EnvVar {
 }
 
 /// Every documented plain variable, in the order they are applied (later wins). Adding
-/// one is one line here plus its row in the README's table (`tests/it/settings.rs` checks
+/// one is one line here plus its row in `docs/configuration.md`'s table (`tests/it/settings.rs` checks
 /// that the two agree and that set-but-blank fails naming it).
 pub const ENV_VARS: &[EnvVar] = &[
     EnvVar::own("USER_API_CONFIG"),

@@ -5,6 +5,8 @@
 //! One file per table (`[server]` is `server.rs`, …), each struct with its defaults and
 //! its checks; [`env`] holds the plain variables' table and its rule, `stack_env.rs` the
 //! stack's names (`PORT`, `LOG_LEVEL`, …), `load.rs` the order of the layers.
+//!
+//! Reference: `docs/configuration.md`.
 
 mod auth;
 mod cache;

@@ -9,6 +9,8 @@
 //! * [`sql`]: the statements, written once where the dialects agree.
 //! * [`codec`]: how domain values are stored on each backend (rows decode with `FromRow`).
 //! * `sql_repo`: the repository; `postgres`, `sqlite`: the dialects and their pools.
+//!
+//! Reference: `docs/database.md`.
 
 mod bounded;
 pub mod codec;

@@ -17,6 +17,8 @@
 //! The HTTP side is three files: [`address`] (the client address, from the peer and
 //! `X-Forwarded-For`), [`headers`] (the response headers and the 429) and [`middleware`]
 //! (the answer to a failed authentication). Everything else here knows nothing of HTTP.
+//!
+//! Reference: `docs/rate-limits.md`.
 
 pub mod address;
 pub mod headers;

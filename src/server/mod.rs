@@ -2,7 +2,7 @@
 //! clients are cut off instead of holding connections forever (`axum::serve` runs hyper
 //! without a timer, so it has no header or idle timeouts at all).
 //!
-//! What a connection may do (all in `[server]`, see the README's "Running it safely"):
+//! What a connection may do (all in `[server]`, see `docs/security.md`):
 //!
 //! - **Header read timeout** (`header_read_timeout_ms`): a request's head must be complete
 //!   within this time of its first byte (for a connection's first request, of the accept).
@@ -37,6 +37,8 @@
 //! per-address cap, `descriptors.rs` the descriptor limit, `watchdog.rs` the header and
 //! idle timeouts (over `activity.rs`, what each connection is doing), `head.rs` the head size, `drain.rs` early answers and unread bodies,
 //! `shutdown.rs` the end of serving.
+//!
+//! Reference: `docs/security.md`.
 
 mod accept;
 mod activity;

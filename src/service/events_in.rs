@@ -14,6 +14,8 @@
 //! channel is logged (never its e-mail) and counted in
 //! `events_in_rejected_total{channel, reason}`; an action the database refused is
 //! counted in `events_in_failed_total{channel}`. Nothing here stops the subscriber.
+//!
+//! Reference: `docs/events.md`.
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;

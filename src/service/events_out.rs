@@ -16,6 +16,8 @@
 //!   oldest first, stopping at the first it may not or cannot publish.
 //! * At least once: a crash between PUBLISH and the row's deletion publishes it again.
 //!   With the embedded store (no Redis) nothing is published; rows retire as usual.
+//!
+//! Reference: `docs/events.md`.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
