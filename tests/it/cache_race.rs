@@ -138,8 +138,15 @@ async fn no_stale_reads(#[case] kind: StoreKind, #[case] backend: Backend) {
     // The cache agrees with the database: after a read, the entry is the row.
     let (_, last) = app.read_profile(id).await;
     assert_eq!(last["profile"]["name"], writes.to_string());
-    let (_, last) = app.read_profile(id).await;
-    assert_eq!(last["cached"], true);
+    // The next reads fill the entry and then hit it. A fill may be skipped when its look
+    // is old (a loaded machine) or the store is slow, so allow a few reads: what must
+    // never happen is a stale hit, checked above and by the entry below.
+    crate::helpers::eventually(Duration::from_secs(10), "a hit after the race", || async {
+        let (_, last) = app.read_profile(id).await;
+        assert_eq!(last["profile"]["name"], writes.to_string());
+        last["cached"] == true
+    })
+    .await;
     let mut entry: Value =
         serde_json::from_str(&raw(&app, &format!("cache:profile:{id}")).await.unwrap()).unwrap();
     entry.as_object_mut().unwrap().remove("cached_at");
