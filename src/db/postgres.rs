@@ -152,6 +152,8 @@ impl Dialect for Postgres {
         Ok(())
     }
 
+    // Mirrors `sqlite.rs` on purpose (one trait, two dialects): only the bound id array
+    // differs (a typed `uuid[]` here, a JSON array there).
     async fn fetch_many(pool: &Pool<Self>, ids: &[UserId]) -> Result<Vec<Profile>, DbError> {
         sqlx::query_as(FETCH_MANY.get())
             .bind(ids)

@@ -248,7 +248,16 @@ where
         binder.add(id);
         fields.visit(&mut binder);
         binder.add(DbTime(now));
-        sqlx::query_as_with(sql::INSERT_PROFILE.get(), binder.finish()?)
+        Self::profile_of(tx, sql::INSERT_PROFILE.get(), binder).await
+    }
+
+    /// Runs `statement` with the arguments bound so far: the profile it returns, if any.
+    async fn profile_of(
+        tx: &mut D::Connection,
+        statement: &'static str,
+        binder: Binder<D>,
+    ) -> Result<Option<Profile>, DbError> {
+        sqlx::query_as_with(statement, binder.finish()?)
             .fetch_optional(tx)
             .await
             .map_err(D::map_err)
@@ -266,10 +275,7 @@ where
         binder.add(id);
         patch.visit(&mut binder);
         binder.add(DbTime(now));
-        sqlx::query_as_with(sql::APPLY_PATCH.get(), binder.finish()?)
-            .fetch_optional(tx)
-            .await
-            .map_err(D::map_err)
+        Self::profile_of(tx, sql::APPLY_PATCH.get(), binder).await
     }
 
     /// Records, in the write's transaction, the cache invalidation that must follow it and

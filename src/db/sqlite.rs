@@ -187,6 +187,8 @@ impl Dialect for Sqlite {
         Ok(())
     }
 
+    // Mirrors `postgres.rs` on purpose (one trait, two dialects): only the bound id array
+    // differs (a JSON array here, a typed `uuid[]` there).
     async fn fetch_many(pool: &Pool<Self>, ids: &[UserId]) -> Result<Vec<Profile>, DbError> {
         sqlx::query_as(FETCH_MANY.get())
             .bind(Json(ids))

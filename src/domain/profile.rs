@@ -12,6 +12,8 @@ use super::{Email, MAX_ADDRESS_CHARS, MAX_TEXT_CHARS, ProfileId, UserId, Validat
 
 // The one list of profile fields: adding a field is a migration per dialect and an entry
 // here (docs/profile-fields.md). JSON, SQL, events and the seed follow this order.
+// A table, one entry per field: its entries share a shape on purpose (duplicate finders
+// see them as repeats; that is the point of the list).
 profile_fields! {
     first_name: String {
         postgres: "text", sqlite: "TEXT", check: text(MAX_TEXT_CHARS), fake: Fake::GivenName,
